@@ -1,0 +1,345 @@
+/**
+ * The `QueueManager` service: push tasks with a priority, pull the most urgent one as a leased
+ * `Delivery`, inspect and clear the queue, list and re-queue dead letters.
+ *
+ * @since 0.1.0
+ */
+import {
+  Clock,
+  Config,
+  type ConfigError,
+  Context,
+  Duration,
+  Effect,
+  Either,
+  Layer,
+  Option,
+  ParseResult,
+  Redacted,
+  Schema
+} from "effect"
+import { InvalidTask, type LeaseLost, QueueError } from "./Errors.js"
+import type { QueueBackend, QueueStats, RawLease, RawTask } from "./QueueBackend.js"
+import { defaultPriority, maxDataBytes, Priority, TaskId, TaskMessage, WireBody } from "./Task.js"
+
+/** How a holder gives a task back: requeue (optionally after a delay) or dead-letter with a reason. */
+export interface NackOptions {
+  /** Back to the queue (default) or, with `false`, to the dead letters. */
+  readonly requeue?: boolean | undefined
+  /** Wait this long before the task is pending again (requeue only). */
+  readonly delay?: Duration.DurationInput | undefined
+  /** The reason, kept with a dead letter. */
+  readonly error?: string | undefined
+}
+
+/** A pulled task, leased to its puller until `ack`, `nack` or lease expiry. */
+export interface Delivery {
+  readonly message: TaskMessage
+  /** The lease token; a later holder of the same task has another. */
+  readonly token: string
+  /** The task is done: it leaves the queue. */
+  readonly ack: Effect.Effect<void, QueueError | LeaseLost>
+  /** Give the task back: requeue it (attempt + 1 on its next delivery) or dead-letter it. */
+  readonly nack: (options?: NackOptions) => Effect.Effect<void, QueueError | LeaseLost>
+  /** Keep the lease for `duration` (default: the queue's lease duration) from now. */
+  readonly extend: (duration?: Duration.DurationInput) => Effect.Effect<void, QueueError | LeaseLost>
+}
+
+/** A task to push in a batch. */
+export interface NewTask {
+  readonly taskId: string
+  readonly data: unknown
+  readonly priority?: number | undefined
+}
+
+/** A dead-lettered task with the error that killed it. */
+export interface DeadLetter {
+  readonly taskId: string
+  /** The task as it was queued; `None` when its body was malformed. */
+  readonly message: Option.Option<TaskMessage>
+  readonly attempts: number
+  readonly error: string
+  /** When it was dead-lettered, epoch milliseconds. */
+  readonly deadAt: number
+}
+
+/** The backends a queue can run on. */
+export type Backend = "memory" | "redis" | "rabbitmq"
+
+/** Options of {@link QueueManager.layer}: the seed's `QueueManager(backend=..., ...)`. */
+export interface QueueOptions {
+  readonly backend: Backend
+  /** Default `"tasks"`. */
+  readonly queueName?: string | undefined
+  /** Default `redis://127.0.0.1:6379`. */
+  readonly redisUrl?: string | Redacted.Redacted | undefined
+  /** Default `amqp://guest:guest@127.0.0.1:5672`. */
+  readonly rabbitmqUrl?: string | Redacted.Redacted | undefined
+  /** How long a pulled, unacknowledged task stays invisible; default 30 seconds. */
+  readonly leaseDuration?: Duration.DurationInput | undefined
+}
+
+/** The defaults of {@link QueueOptions}. */
+export const defaults = {
+  queueName: "tasks",
+  redisUrl: "redis://127.0.0.1:6379",
+  rabbitmqUrl: "amqp://guest:guest@127.0.0.1:5672",
+  leaseDuration: Duration.seconds(30)
+} as const
+
+/** The operations of a queue. */
+export interface QueueManagerService {
+  readonly queueName: string
+  readonly backend: Backend
+  /** `true` when the backend durably accepted the task; `false` when that id is already pending or in flight. */
+  readonly push: (
+    taskId: string,
+    data: unknown,
+    priority?: number
+  ) => Effect.Effect<boolean, QueueError | InvalidTask>
+  /** Pushes many tasks in one round trip; one invalid task rejects the whole batch. */
+  readonly pushBatch: (
+    tasks: Iterable<NewTask>
+  ) => Effect.Effect<ReadonlyArray<boolean>, QueueError | InvalidTask>
+  /** The most urgent pending task, waiting up to `timeout` (default 1 second) for one. */
+  readonly pull: (timeout?: Duration.DurationInput) => Effect.Effect<Option.Option<Delivery>, QueueError>
+  /** Up to `max` tasks in one round trip, waiting up to `timeout` for the first. */
+  readonly pullBatch: (
+    max: number,
+    timeout?: Duration.DurationInput
+  ) => Effect.Effect<ReadonlyArray<Delivery>, QueueError>
+  /** Tasks waiting to run: pending plus delayed. */
+  readonly length: Effect.Effect<number, QueueError>
+  /** Removes the waiting (pending and delayed) tasks; returns how many. In-flight and dead ones stay. */
+  readonly clear: Effect.Effect<number, QueueError>
+  readonly stats: Effect.Effect<QueueStats, QueueError>
+  /** The oldest dead letters, at most `limit` (default 100). */
+  readonly deadLetters: (limit?: number) => Effect.Effect<ReadonlyArray<DeadLetter>, QueueError>
+  /** Puts a dead letter back in the queue with its attempts reset; `false` when there is none with that id. */
+  readonly retryDead: (taskId: string) => Effect.Effect<boolean, QueueError>
+}
+
+const decodeTaskId = Schema.decodeUnknownEither(TaskId)
+const decodePriority = Schema.decodeUnknownEither(Priority)
+const encodeBody = Schema.encodeEither(Schema.parseJson(WireBody))
+const decodeBody = Schema.decodeEither(Schema.parseJson(WireBody))
+
+const invalid = (error: ParseResult.ParseError, taskId?: string) =>
+  new InvalidTask({
+    message: ParseResult.TreeFormatter.formatErrorSync(error),
+    ...(taskId === undefined ? {} : { taskId })
+  })
+
+/** Validates and encodes one task; the single place every backend's input is checked. */
+export const encodeTask = (task: NewTask, now: number): Either.Either<RawTask, InvalidTask> =>
+  Either.gen(function* () {
+    const taskId = yield* Either.mapLeft(decodeTaskId(task.taskId), (e) => invalid(e))
+    const priority = yield* Either.mapLeft(decodePriority(task.priority ?? defaultPriority), (e) =>
+      invalid(e, taskId)
+    )
+    const body = yield* Either.mapLeft(
+      encodeBody({ taskId, data: task.data as never, priority, enqueuedAt: now }),
+      (e) => invalid(e, taskId)
+    )
+    // A UTF-16 unit is one to three UTF-8 bytes: count bytes only when the length cannot decide.
+    if (
+      body.length > maxDataBytes ||
+      (body.length * 3 > maxDataBytes && Buffer.byteLength(body) > maxDataBytes)
+    ) {
+      return yield* Either.left(
+        new InvalidTask({
+          taskId,
+          message: `task data is over the ${maxDataBytes}-byte limit once encoded as JSON`
+        })
+      )
+    }
+    return { id: taskId, priority, body }
+  })
+
+/** Decodes a claimed body into a message, or says why it is malformed. */
+const decodeLease = (lease: RawLease): Either.Either<TaskMessage, string> => {
+  const body = decodeBody(lease.body)
+  if (Either.isLeft(body))
+    return Either.left(`malformed message: ${ParseResult.TreeFormatter.formatErrorSync(body.left)}`)
+  if (body.right.taskId !== lease.id) {
+    return Either.left(
+      `malformed message: body task_id ${JSON.stringify(body.right.taskId)} differs from its id`
+    )
+  }
+  return Either.right(new TaskMessage({ ...body.right, attempt: lease.attempt }, { disableValidation: true }))
+}
+
+/** Builds the typed `QueueManager` on a backend's raw operations. */
+export const make = (options: {
+  readonly queueName: string
+  readonly backend: QueueBackend
+  readonly leaseDuration: Duration.DurationInput
+}): QueueManagerService => {
+  const { backend, queueName } = options
+  const leaseMillis = Duration.toMillis(options.leaseDuration)
+  const attributes = { "queue.name": queueName, "queue.backend": backend.kind }
+
+  const delivery = (lease: RawLease, message: TaskMessage): Delivery => ({
+    message,
+    token: lease.token,
+    ack: backend
+      .ack(lease.id, lease.token)
+      .pipe(Effect.withSpan("QueueManager.ack", { attributes: { ...attributes, "task.id": lease.id } })),
+    nack: (nack) =>
+      backend
+        .nack(lease.id, lease.token, {
+          requeue: nack?.requeue ?? true,
+          delayMillis: nack?.delay === undefined ? 0 : Duration.toMillis(nack.delay),
+          error: nack?.error
+        })
+        .pipe(Effect.withSpan("QueueManager.nack", { attributes: { ...attributes, "task.id": lease.id } })),
+    extend: (duration) =>
+      backend.extend(
+        lease.id,
+        lease.token,
+        duration === undefined ? leaseMillis : Duration.toMillis(duration)
+      )
+  })
+
+  const pushBatch = Effect.fn("QueueManager.pushBatch", { attributes })(function* (tasks: Iterable<NewTask>) {
+    const now = yield* Clock.currentTimeMillis
+    const raw: Array<RawTask> = []
+    for (const task of tasks) raw.push(yield* encodeTask(task, now))
+    yield* Effect.annotateCurrentSpan("batch.size", raw.length)
+    if (raw.length === 0) return []
+    return yield* backend.offer(raw)
+  })
+
+  const pullBatch = Effect.fn("QueueManager.pullBatch", { attributes })(function* (
+    max: number,
+    timeout: Duration.DurationInput = Duration.seconds(1)
+  ) {
+    const deadline = (yield* Clock.currentTimeMillis) + Duration.toMillis(timeout)
+    const out: Array<Delivery> = []
+    while (out.length === 0) {
+      const remaining = Math.max(0, deadline - (yield* Clock.currentTimeMillis))
+      const leases = yield* backend.claim(Math.max(1, Math.floor(max)), Duration.millis(remaining))
+      for (const lease of leases) {
+        const message = decodeLease(lease)
+        if (Either.isRight(message)) {
+          out.push(delivery(lease, message.right))
+          continue
+        }
+        // A body no backend should hold: dead-letter it with the reason and keep serving.
+        yield* Effect.logWarning("dead-lettering a malformed message").pipe(
+          Effect.annotateLogs({ taskId: lease.id, reason: message.left })
+        )
+        yield* backend
+          .nack(lease.id, lease.token, { requeue: false, delayMillis: 0, error: message.left })
+          .pipe(Effect.catchTag("LeaseLost", () => Effect.void))
+      }
+      if (remaining === 0 || leases.length === 0) break
+    }
+    return out
+  })
+
+  return {
+    queueName,
+    backend: backend.kind,
+    push: Effect.fn("QueueManager.push", { attributes })(function* (
+      taskId: string,
+      data: unknown,
+      priority?: number
+    ) {
+      yield* Effect.annotateCurrentSpan("task.id", taskId)
+      const [accepted] = yield* pushBatch([{ taskId, data, priority }])
+      return accepted!
+    }),
+    pushBatch,
+    pull: (timeout) => pullBatch(1, timeout).pipe(Effect.map((ds) => Option.fromNullable(ds[0]))),
+    pullBatch,
+    length: backend.stats.pipe(
+      Effect.map((s) => s.pending + s.delayed),
+      Effect.withSpan("QueueManager.length", { attributes })
+    ),
+    clear: backend.clear.pipe(Effect.withSpan("QueueManager.clear", { attributes })),
+    stats: backend.stats.pipe(Effect.withSpan("QueueManager.stats", { attributes })),
+    deadLetters: (limit = 100) =>
+      backend.deadLetters(limit).pipe(
+        Effect.map((letters) =>
+          letters.map(
+            (raw): DeadLetter => ({
+              taskId: raw.id,
+              message: Option.getRight(
+                decodeLease({ id: raw.id, body: raw.body, attempt: Math.max(1, raw.attempts), token: "" })
+              ),
+              attempts: raw.attempts,
+              error: raw.error,
+              deadAt: raw.deadAt
+            })
+          )
+        ),
+        Effect.withSpan("QueueManager.deadLetters", { attributes })
+      ),
+    retryDead: (taskId) =>
+      backend
+        .retryDead(taskId)
+        .pipe(Effect.withSpan("QueueManager.retryDead", { attributes: { ...attributes, "task.id": taskId } }))
+  }
+}
+
+/** The `Config` behind {@link QueueManager.layerConfig}. */
+export const queueConfig: Config.Config<QueueOptions> = Config.all({
+  backend: Config.literal(
+    "memory",
+    "redis",
+    "rabbitmq"
+  )("QUEUE_BACKEND").pipe(Config.withDefault("memory" as const), Config.withDescription("the queue backend")),
+  queueName: Config.string("QUEUE_NAME").pipe(Config.withDefault(defaults.queueName)),
+  redisUrl: Config.redacted("REDIS_URL").pipe(Config.withDefault(Redacted.make(defaults.redisUrl))),
+  rabbitmqUrl: Config.redacted("RABBITMQ_URL").pipe(Config.withDefault(Redacted.make(defaults.rabbitmqUrl))),
+  leaseDuration: Config.duration("LEASE_DURATION").pipe(Config.withDefault(defaults.leaseDuration))
+})
+
+/**
+ * The queue service. Provide it with `QueueManager.layer({ backend })`, `QueueManager.layerConfig`
+ * or a backend module's own `layer` (`layers/MemoryQueue.ts`, `layers/RedisQueue.ts`, ...).
+ */
+export class QueueManager extends Context.Tag("effect-task-queue/QueueManager")<
+  QueueManager,
+  QueueManagerService
+>() {
+  /** The queue on the chosen backend; only that backend's module (and driver) is loaded. */
+  static layer = (options: QueueOptions): Layer.Layer<QueueManager, QueueError> => {
+    const common = {
+      queueName: options.queueName ?? defaults.queueName,
+      leaseDuration: options.leaseDuration ?? defaults.leaseDuration
+    }
+    const load = <A>(module: () => Promise<A>) =>
+      Effect.tryPromise({
+        try: module,
+        catch: (cause) => new QueueError({ message: `cannot load the ${options.backend} backend`, cause })
+      })
+    switch (options.backend) {
+      case "memory":
+        return Layer.unwrapEffect(
+          Effect.map(
+            load(() => import("../layers/MemoryQueue.js")),
+            (m) => m.layer(common)
+          )
+        )
+      case "redis":
+        return Layer.unwrapEffect(
+          Effect.map(
+            load(() => import("../layers/RedisQueue.js")),
+            (m) => m.layer({ ...common, redisUrl: options.redisUrl ?? defaults.redisUrl })
+          )
+        )
+      case "rabbitmq":
+        return Layer.fail(new QueueError({ message: "the rabbitmq backend is not available yet" }))
+    }
+  }
+
+  /**
+   * The queue configured from the environment: `QUEUE_BACKEND` (memory | redis | rabbitmq, default
+   * memory), `QUEUE_NAME`, `REDIS_URL`, `RABBITMQ_URL`, `LEASE_DURATION` (e.g. "30 seconds").
+   */
+  static layerConfig: Layer.Layer<QueueManager, QueueError | ConfigError.ConfigError> = Layer.unwrapEffect(
+    Effect.map(queueConfig, QueueManager.layer)
+  )
+}
