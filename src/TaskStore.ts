@@ -1,0 +1,114 @@
+/**
+ * The `TaskStore` service: the record of each task (status, priority, attempts, timestamps,
+ * result or error), kept beside the queue. It is where idempotent submission is enforced for
+ * every backend (`create` rejects a known id) and where a task's outcome is read.
+ *
+ * Transitions made by a worker carry the lease token of the delivery they belong to: once
+ * another delivery of the same task has started, a late `finish` from the old holder changes
+ * nothing (its result is discarded), so exactly one outcome is recorded.
+ *
+ * @since 0.1.0
+ */
+import { Config, type ConfigError, Context, Duration, Effect, Layer, type Option, Redacted } from "effect"
+import { type DuplicateTask, QueueError } from "./Errors.js"
+import * as QM from "./QueueManager.js"
+import type { JsonValue, TaskRecord } from "./Task.js"
+
+/** How a delivery of a task ended, as recorded. */
+export type Outcome =
+  | { readonly status: "COMPLETED"; readonly result: JsonValue }
+  | { readonly status: "RETRYING" | "FAILED"; readonly error: string }
+
+/** The delivery a transition belongs to. */
+export interface LeaseInfo {
+  readonly token: string
+  readonly attempt: number
+  readonly priority: number
+}
+
+/** The operations of a task store. */
+export interface TaskStoreService {
+  /** Records a new task as PENDING; fails with `DuplicateTask` when the id is known. */
+  readonly create: (taskId: string, priority: number) => Effect.Effect<TaskRecord, DuplicateTask | QueueError>
+  /** The record of a task, if known (finished records vanish after the retention). */
+  readonly get: (taskId: string) => Effect.Effect<Option.Option<TaskRecord>, QueueError>
+  /**
+   * A delivery of the task started: PROCESSING, with `attempts = lease.attempt`. Creates the
+   * record when the task was pushed straight onto the queue without one.
+   */
+  readonly start: (taskId: string, lease: LeaseInfo) => Effect.Effect<void, QueueError>
+  /**
+   * Records how the delivery holding `token` ended; `false` (and nothing changed) when another
+   * delivery has started since, or the record is gone.
+   */
+  readonly finish: (taskId: string, token: string, outcome: Outcome) => Effect.Effect<boolean, QueueError>
+  /** The task was put back in the queue by hand (a retried dead letter): PENDING again; `false` when unknown. */
+  readonly reset: (taskId: string) => Effect.Effect<boolean, QueueError>
+}
+
+/** The store backends. */
+export type StoreBackend = "memory" | "redis"
+
+/** Options of {@link TaskStore.layer}. */
+export interface TaskStoreOptions {
+  readonly backend: StoreBackend
+  /** Keys are scoped by queue name on Redis; default `"tasks"`. */
+  readonly queueName?: string | undefined
+  readonly redisUrl?: string | Redacted.Redacted | undefined
+  /** How long COMPLETED and FAILED records are kept; default 7 days. */
+  readonly retention?: Duration.DurationInput | undefined
+}
+
+/** The default retention of finished records. */
+export const defaultRetention = Duration.days(7)
+
+/** The `Config` behind {@link TaskStore.layerConfig}: `TASK_STORE` (default redis when `QUEUE_BACKEND=redis`, else memory), `TASK_RETENTION`. */
+export const storeConfig: Config.Config<TaskStoreOptions> = Config.all({
+  queue: QM.queueConfig,
+  store: Config.option(Config.literal("memory", "redis")("TASK_STORE")),
+  retention: Config.duration("TASK_RETENTION").pipe(Config.withDefault(defaultRetention))
+}).pipe(
+  Config.map(({ queue, retention, store }) => ({
+    backend: store._tag === "Some" ? store.value : queue.backend === "redis" ? "redis" : "memory",
+    queueName: queue.queueName,
+    redisUrl: queue.redisUrl,
+    retention
+  }))
+)
+
+/** The task store service. Provide it with `TaskStore.layer({ backend })` or `TaskStore.layerConfig`. */
+export class TaskStore extends Context.Tag("effect-task-queue/TaskStore")<TaskStore, TaskStoreService>() {
+  /** The store on the chosen backend; only that backend's module is loaded. */
+  static layer = (options: TaskStoreOptions): Layer.Layer<TaskStore, QueueError> => {
+    const common = {
+      queueName: options.queueName ?? QM.defaults.queueName,
+      retention: options.retention ?? defaultRetention
+    }
+    const load = <A>(module: () => Promise<A>) =>
+      Effect.tryPromise({
+        try: module,
+        catch: (cause) => new QueueError({ message: `cannot load the ${options.backend} task store`, cause })
+      })
+    switch (options.backend) {
+      case "memory":
+        return Layer.unwrapEffect(
+          Effect.map(
+            load(() => import("../layers/MemoryTaskStore.js")),
+            (m) => m.layer(common)
+          )
+        )
+      case "redis":
+        return Layer.unwrapEffect(
+          Effect.map(
+            load(() => import("../layers/RedisTaskStore.js")),
+            (m) => m.layer({ ...common, redisUrl: options.redisUrl ?? Redacted.make(QM.defaults.redisUrl) })
+          )
+        )
+    }
+  }
+
+  /** The store configured from the environment (see {@link storeConfig}). */
+  static layerConfig: Layer.Layer<TaskStore, QueueError | ConfigError.ConfigError> = Layer.unwrapEffect(
+    Effect.map(storeConfig, TaskStore.layer)
+  )
+}
