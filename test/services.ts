@@ -32,7 +32,9 @@ export const describeWithServer = async (service: string, url: string, name: str
   if (await reachable(url)) return describe(name, body)
   if (process.env.CI === "true") {
     return describe(name, () => {
-      throw new Error(`${service} is not reachable at ${new URL(url).host}, and CI=true: integration suites must run`)
+      throw new Error(
+        `${service} is not reachable at ${new URL(url).host}, and CI=true: integration suites must run`
+      )
     })
   }
   console.warn(`\n!!! ${service} is not reachable at ${new URL(url).host}: skipping "${name}"\n`)
