@@ -124,22 +124,28 @@ const decodePriority = Schema.decodeUnknownEither(Priority)
 const encodeBody = Schema.encodeEither(Schema.parseJson(WireBody))
 const decodeBody = Schema.decodeEither(Schema.parseJson(WireBody))
 
-const invalid = (error: ParseResult.ParseError, taskId?: string) =>
-  new InvalidTask({
-    message: ParseResult.TreeFormatter.formatErrorSync(error),
-    ...(taskId === undefined ? {} : { taskId })
-  })
+/** One readable line per issue, e.g. `priority: priority must be an integer from 0 to 10`. */
+const describeIssues = (error: ParseResult.ParseError, field?: string) =>
+  ParseResult.ArrayFormatter.formatErrorSync(error)
+    .map((issue) => {
+      const path = [...(field === undefined ? [] : [field]), ...issue.path.map(String)].join(".")
+      return path === "" ? issue.message : `${path}: ${issue.message}`
+    })
+    .join("; ")
+
+const invalid = (error: ParseResult.ParseError, field: string | undefined, taskId?: string) =>
+  new InvalidTask({ message: describeIssues(error, field), ...(taskId === undefined ? {} : { taskId }) })
 
 /** Validates and encodes one task; the single place every backend's input is checked. */
 export const encodeTask = (task: NewTask, now: number): Either.Either<RawTask, InvalidTask> =>
   Either.gen(function* () {
-    const taskId = yield* Either.mapLeft(decodeTaskId(task.taskId), (e) => invalid(e))
+    const taskId = yield* Either.mapLeft(decodeTaskId(task.taskId), (e) => invalid(e, "task_id"))
     const priority = yield* Either.mapLeft(decodePriority(task.priority ?? defaultPriority), (e) =>
-      invalid(e, taskId)
+      invalid(e, "priority", taskId)
     )
     const body = yield* Either.mapLeft(
       encodeBody({ taskId, data: task.data as never, priority, enqueuedAt: now }),
-      (e) => invalid(e, taskId)
+      (e) => invalid(e, undefined, taskId)
     )
     // A UTF-16 unit is one to three UTF-8 bytes: count bytes only when the length cannot decide.
     if (
