@@ -1,0 +1,83 @@
+import { describe, expect, it } from "@effect/vitest"
+import { Either, FastCheck as fc } from "effect"
+import { encodeTask } from "../src/QueueManager.js"
+import { isJsonValue, maxDataBytes } from "../src/Task.js"
+
+const notJson = fc.oneof(
+  fc.constant(undefined),
+  fc.constant(Number.NaN),
+  fc.constant(Number.POSITIVE_INFINITY),
+  fc.bigInt(),
+  fc.constant(() => 1),
+  fc.constant(Symbol("s")),
+  fc.date(),
+  fc.constant(new Map())
+)
+
+/** Puts `bad` somewhere inside `value` (as an array item or an object property). */
+const plant = (value: unknown, bad: unknown, key: string): unknown =>
+  Array.isArray(value) ? [...value, bad] : { wrapper: value, [key]: bad }
+
+describe("task validation", () => {
+  it.prop("every JSON value is task data, and survives encoding", [fc.jsonValue()], ([value]) => {
+    expect(isJsonValue(value)).toBe(true)
+    const encoded = encodeTask({ taskId: "t", data: value, priority: 3 }, 1)
+    expect(Either.isRight(encoded)).toBe(true)
+    const body = JSON.parse(Either.getOrThrow(encoded).body)
+    expect(body).toEqual({
+      task_id: "t",
+      data: JSON.parse(JSON.stringify(value)),
+      priority: 3,
+      enqueued_at: 1
+    })
+  })
+
+  it.prop(
+    "a value with anything non-JSON inside is rejected with a readable reason",
+    [fc.jsonValue(), notJson, fc.string({ minLength: 1, maxLength: 5 })],
+    ([value, bad, key]) => {
+      const data = plant(value, bad, key)
+      expect(isJsonValue(data)).toBe(false)
+      const encoded = encodeTask({ taskId: "t", data, priority: 3 }, 1)
+      expect(Either.isLeft(encoded) && encoded.left.message).toMatch(/^data: task data must be plain JSON/)
+    }
+  )
+
+  it.prop(
+    "priorities are exactly the integers 0..10",
+    [fc.oneof(fc.integer({ min: -50, max: 50 }), fc.double())],
+    ([priority]) => {
+      const encoded = encodeTask({ taskId: "t", data: null, priority }, 1)
+      const valid = Number.isInteger(priority) && priority >= 0 && priority <= 10
+      expect(Either.isRight(encoded)).toBe(valid)
+      if (!valid) expect(Either.isLeft(encoded) && encoded.left.message).toMatch(/^priority: /)
+    }
+  )
+
+  const printable = fc.oneof(
+    fc.integer({ min: 0x20, max: 0x7e }).map((c) => String.fromCharCode(c)),
+    fc.constantFrom("é", "漢", "🎉", "_", "-", ":")
+  )
+
+  it.prop(
+    "ids of 1 to 200 printable characters are accepted; empty, longer or control-laden ones are not",
+    [fc.array(printable, { minLength: 1, maxLength: 200 }), fc.integer({ min: 0, max: 0x1f })],
+    ([chars, control]) => {
+      const id = chars.join("").slice(0, 200)
+      expect(Either.isRight(encodeTask({ taskId: id, data: 1 }, 1))).toBe(true)
+      const tainted = id.slice(0, 100) + String.fromCharCode(control) + id.slice(100)
+      expect(Either.isLeft(encodeTask({ taskId: tainted.slice(0, 200), data: 1 }, 1))).toBe(true)
+      expect(Either.isLeft(encodeTask({ taskId: id + "x".repeat(201 - id.length), data: 1 }, 1))).toBe(true)
+    }
+  )
+
+  it("the size limit counts UTF-8 bytes of the encoded message", () => {
+    const overhead = JSON.stringify({ task_id: "t", data: "", priority: 5, enqueued_at: 1 }).length
+    const fits = "a".repeat(maxDataBytes - overhead)
+    expect(Either.isRight(encodeTask({ taskId: "t", data: fits }, 1))).toBe(true)
+    expect(Either.isLeft(encodeTask({ taskId: "t", data: `${fits}a` }, 1))).toBe(true)
+    const wide = "é".repeat(Math.floor((maxDataBytes - overhead) / 2))
+    expect(Either.isRight(encodeTask({ taskId: "t", data: wide }, 1))).toBe(true)
+    expect(Either.isLeft(encodeTask({ taskId: "t", data: `${wide}é` }, 1))).toBe(true)
+  })
+})
