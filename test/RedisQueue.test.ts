@@ -1,0 +1,390 @@
+/**
+ * The Redis backend on the real server: the conformance suite, then what only Redis has (key
+ * layout, scripts by SHA, one round trip per batch, several processes on one queue).
+ */
+import { describe, expect, it } from "@effect/vitest"
+import {
+  ConfigProvider,
+  Context,
+  Duration,
+  Effect,
+  Either,
+  Exit,
+  Fiber,
+  Layer,
+  Option,
+  type Scope
+} from "effect"
+import { Redis } from "ioredis"
+import * as RedisQueue from "../layers/RedisQueue.js"
+import * as QM from "../src/QueueManager.js"
+import { conformance, drain, uniqueQueueName } from "./conformance.js"
+import { describeWithServer, redisUrl } from "./services.js"
+
+/** A plain client for the test's own look at Redis, closed after `f`. */
+const withClient = <A>(f: (client: Redis) => Promise<A>) =>
+  Effect.acquireUseRelease(
+    Effect.sync(() => {
+      const client = new Redis(redisUrl, { maxRetriesPerRequest: 1 })
+      client.on("error", () => {})
+      return client
+    }),
+    (client) => Effect.tryPromise(() => f(client)),
+    (client) => Effect.sync(() => client.disconnect())
+  )
+
+/** Every key whose name mentions the queue. */
+const keysOf = (queueName: string) =>
+  withClient(async (client) => {
+    const found: Array<string> = []
+    let cursor = "0"
+    do {
+      const [next, batch] = await client.scan(cursor, "MATCH", `*${queueName}*`, "COUNT", 1000)
+      cursor = next
+      found.push(...batch)
+    } while (cursor !== "0")
+    return found.sort()
+  })
+
+const cleanup = (queueName: string) =>
+  Effect.flatMap(keysOf(queueName), (found) =>
+    withClient(async (client) => {
+      const all = [...new Set([...Object.values(RedisQueue.keys(queueName)), ...found])]
+      await client.del(...all)
+    })
+  )
+
+const plant = (queueName: string, id: string, priority: number, body: string) =>
+  withClient(async (client) => {
+    const key = RedisQueue.keys(queueName)
+    const seq = await client.incr(key.seq)
+    await client
+      .multi()
+      .hset(key.body, id, body)
+      .hset(key.priority, id, priority)
+      .hset(key.attempts, id, 0)
+      .zadd(key.pending, RedisQueue.pendingScore(priority, seq), id)
+      .zadd(key.marker, 0, "wake")
+      .exec()
+  })
+
+/** One "process": a queue service built in the current scope. */
+const instance = (queueName: string, leaseDuration: Duration.DurationInput = "30 seconds") =>
+  Layer.build(RedisQueue.layer({ queueName, redisUrl, leaseDuration })).pipe(
+    Effect.map(Context.get(QM.QueueManager))
+  )
+
+/** Runs `f` on a fresh queue name and deletes its keys afterwards. */
+const onQueue = <A, E>(f: (queueName: string) => Effect.Effect<A, E, Scope.Scope>) => {
+  const queueName = uniqueQueueName("redis")
+  return Effect.scoped(f(queueName)).pipe(Effect.ensuring(Effect.orDie(cleanup(queueName))))
+}
+
+/**
+ * Records every command the queue's connections send while `f` runs, seen by Redis itself
+ * through `MONITOR` and told apart by client address.
+ */
+const monitored = <A, E>(queueName: string, f: Effect.Effect<A, E>) =>
+  Effect.gen(function* () {
+    const prefix = RedisQueue.connectionNamePrefix(queueName)
+    const addresses = yield* withClient(async (client) => {
+      const list = (await client.client("LIST")) as string
+      const byName = new Map<string, Array<string>>()
+      for (const line of list.split("\n")) {
+        const name = /\bname=(\S+)/.exec(line)?.[1]
+        const addr = /\baddr=(\S+)/.exec(line)?.[1]
+        if (name?.startsWith(prefix) && addr !== undefined) byName.set(addr, [name])
+      }
+      return byName
+    })
+    const seen: Array<{ readonly connection: string; readonly args: ReadonlyArray<string> }> = []
+    const monitor = yield* Effect.acquireRelease(
+      Effect.tryPromise(async () => {
+        const client = new Redis(redisUrl, { maxRetriesPerRequest: 1 })
+        client.on("error", () => {})
+        const monitor = await client.monitor()
+        client.disconnect()
+        monitor.on("error", () => {})
+        return monitor
+      }),
+      (monitor) => Effect.sync(() => monitor.disconnect())
+    )
+    monitor.on("monitor", (_time: string, args: ReadonlyArray<string>, source: string) => {
+      const name = addresses.get(source)?.[0]
+      if (name !== undefined) seen.push({ connection: name, args })
+    })
+    const result = yield* f
+    // MONITOR streams asynchronously: a fenced PING from the queue's own view is not possible,
+    // so give the feed a moment to catch up.
+    yield* Effect.sleep(Duration.millis(200))
+    return { result, seen, connections: [...addresses.values()].map((n) => n[0]!) }
+  })
+
+const meeting = (n: number) => ({ audio_files: [`meeting-${n}.wav`], meeting_type: "weekly_sync" })
+
+await describeWithServer("Redis", redisUrl, "RedisQueue", () => {
+  conformance({
+    name: "redis",
+    layer: (queueName, { leaseDuration }) => RedisQueue.layer({ queueName, redisUrl, leaseDuration }),
+    plant,
+    cleanup
+  })
+
+  describe("Redis specifics", () => {
+    it.live("every key of a queue shares the {queue} hash tag", () =>
+      onQueue((queueName) =>
+        Effect.gen(function* () {
+          const queue = yield* instance(queueName)
+          yield* queue.pushBatch(Array.from({ length: 5 }, (_, n) => ({ taskId: `k${n}`, data: meeting(n) })))
+          const a = yield* queue.pull().pipe(Effect.flatten)
+          yield* a.nack({ requeue: false, error: "dead" })
+          const b = yield* queue.pull().pipe(Effect.flatten)
+          yield* b.nack({ delay: "1 minute" })
+          yield* queue.pull().pipe(Effect.flatten)
+          yield* queue.stats
+          const found = yield* keysOf(queueName)
+          expect(found.length).toBeGreaterThanOrEqual(10)
+          for (const key of found) {
+            expect(key.startsWith(`{${queueName}}:`), key).toBe(true)
+            // The hash tag Redis Cluster hashes: from the first "{" to the next "}".
+            expect(key.slice(key.indexOf("{") + 1, key.indexOf("}"))).toBe(queueName)
+          }
+        })
+      )
+    )
+
+    it.live("state changes go to Redis as EVALSHA of the loaded scripts, waits as BZPOPMIN", () =>
+      onQueue((queueName) =>
+        Effect.gen(function* () {
+          const queue = yield* instance(queueName)
+          const { seen, connections } = yield* monitored(
+            queueName,
+            Effect.gen(function* () {
+              const waiting = yield* Effect.fork(queue.pull(Duration.seconds(5)))
+              yield* Effect.sleep(Duration.millis(100))
+              yield* queue.push("sha", meeting(1))
+              const delivery = yield* Fiber.join(waiting).pipe(Effect.flatten)
+              yield* delivery.extend()
+              yield* delivery.nack()
+              yield* (yield* queue.pull().pipe(Effect.flatten)).ack
+              yield* queue.stats
+              yield* queue.clear
+              yield* queue.deadLetters()
+              yield* queue.retryDead("none")
+            })
+          )
+          expect(connections.sort()).toEqual([`etq:${queueName}:block`, `etq:${queueName}:cmd`])
+          const marker = RedisQueue.keys(queueName).marker
+          const commands = seen.map((s) => `${s.connection.split(":").at(-1)} ${s.args[0]?.toLowerCase()}`)
+          expect(commands.length).toBeGreaterThanOrEqual(12)
+          expect(commands).toContain("block bzpopmin")
+          for (const [i, command] of commands.entries()) {
+            // Besides the scripts, only the wake-up marker is touched: BZPOPMIN on it, and a ZADD
+            // that hands back a marker popped after the local puller it was for had left.
+            if (command === "cmd zadd") expect(seen[i]!.args.slice(1)).toEqual([marker, "0", "wake"])
+            else expect(["cmd evalsha", "block bzpopmin"]).toContain(command)
+          }
+          for (const { args } of seen) {
+            if (args[0]?.toLowerCase() !== "evalsha") continue
+            // The queue's keys are declared to every script, so Cluster can route and check them.
+            expect(args[2]).toBe("12")
+            expect(args.slice(3, 15)).toEqual(Object.values(RedisQueue.keys(queueName)))
+          }
+        })
+      )
+    )
+
+    it.live("a pushBatch of 1,000 tasks is one call to Redis", () =>
+      onQueue((queueName) =>
+        Effect.gen(function* () {
+          const queue = yield* instance(queueName)
+          const tasks = Array.from({ length: 1000 }, (_, n) => ({
+            taskId: `b${n}`,
+            data: meeting(n),
+            priority: n % 11
+          }))
+          const { result, seen } = yield* monitored(queueName, queue.pushBatch(tasks))
+          expect(result.length).toBe(1000)
+          expect(result.every((accepted) => accepted)).toBe(true)
+          expect(seen.length).toBe(1)
+          expect(seen[0]!.args[0]!.toLowerCase()).toBe("evalsha")
+          expect(seen[0]!.args.length).toBe(3 + 12 + 3 * 1000)
+          expect(yield* queue.length).toBe(1000)
+        })
+      )
+    )
+
+    it.live("two instances on one queue share the work without duplicates", () =>
+      onQueue((queueName) =>
+        Effect.gen(function* () {
+          const a = yield* instance(queueName)
+          const b = yield* instance(queueName)
+          const n = 300
+          yield* a.pushBatch(
+            Array.from({ length: n }, (_, i) => ({ taskId: `w${i}`, data: i, priority: i % 3 }))
+          )
+          const byInstance = yield* Effect.forEach([a, a, a, a, b, b, b, b], (queue) => drain(queue), {
+            concurrency: "unbounded"
+          })
+          const fromA = byInstance.slice(0, 4).flat()
+          const fromB = byInstance.slice(4).flat()
+          const all = [...fromA, ...fromB]
+          expect(all.length).toBe(n)
+          expect(new Set(all).size).toBe(n)
+          expect(fromA.length).toBeGreaterThan(0)
+          expect(fromB.length).toBeGreaterThan(0)
+          expect(yield* b.stats).toEqual({ pending: 0, inFlight: 0, delayed: 0, dead: 0 })
+        })
+      )
+    )
+
+    it.live("a push in one instance wakes blocked pullers in the others", () =>
+      onQueue((queueName) =>
+        Effect.gen(function* () {
+          const a = yield* instance(queueName)
+          const b = yield* instance(queueName)
+          const c = yield* instance(queueName)
+          const pullers = yield* Effect.forEach([b, b, c, c], (queue) =>
+            Effect.fork(Effect.timed(queue.pull(Duration.seconds(10))))
+          )
+          yield* Effect.sleep(Duration.millis(200))
+          yield* a.pushBatch([1, 2, 3, 4].map((n) => ({ taskId: `x${n}`, data: n })))
+          const results = yield* Fiber.joinAll(pullers)
+          expect(results.map(([, d]) => Option.getOrThrow(d).message.taskId).sort()).toEqual([
+            "x1",
+            "x2",
+            "x3",
+            "x4"
+          ])
+          for (const [elapsed] of results) expect(Duration.toMillis(elapsed)).toBeLessThan(2_000)
+        })
+      )
+    )
+
+    it.live("an interrupted pull does not keep a marker from a puller elsewhere", () =>
+      onQueue((queueName) =>
+        Effect.gen(function* () {
+          const a = yield* instance(queueName)
+          const b = yield* instance(queueName)
+          const gone = yield* Effect.fork(a.pull(Duration.seconds(10)))
+          yield* Effect.sleep(Duration.millis(100))
+          yield* Fiber.interrupt(gone)
+          const waiting = yield* Effect.fork(Effect.timed(b.pull(Duration.seconds(10))))
+          yield* Effect.sleep(Duration.millis(100))
+          // `a`'s BZPOPMIN is still blocked and may take this marker: it must hand it on.
+          yield* a.push("handed-on", 1)
+          const [elapsed, delivery] = yield* Fiber.join(waiting)
+          expect(Option.map(delivery, (d) => d.message.taskId)).toEqual(Option.some("handed-on"))
+          expect(Duration.toMillis(elapsed)).toBeLessThan(2_000)
+        })
+      )
+    )
+
+    it.live("a lease that expires in one instance goes to another as attempt 2; the first cannot ack", () =>
+      onQueue((queueName) =>
+        Effect.gen(function* () {
+          const a = yield* instance(queueName, "500 millis")
+          const b = yield* instance(queueName, "500 millis")
+          yield* a.push("handover", meeting(1))
+          const first = yield* a.pull().pipe(Effect.flatten)
+          expect(first.message.attempt).toBe(1)
+          const [elapsed, second] = yield* Effect.timed(b.pull(Duration.seconds(5)).pipe(Effect.flatten))
+          expect(Duration.toMillis(elapsed)).toBeGreaterThanOrEqual(300)
+          expect(Duration.toMillis(elapsed)).toBeLessThan(2_000)
+          expect(second.message.taskId).toBe("handover")
+          expect(second.message.attempt).toBe(2)
+          const stale = yield* Effect.either(first.ack)
+          expect(Either.isLeft(stale) && stale.left._tag).toBe("LeaseLost")
+          const staleExtend = yield* Effect.either(first.extend())
+          expect(Either.isLeft(staleExtend) && staleExtend.left._tag).toBe("LeaseLost")
+          yield* second.ack
+          expect(yield* a.stats).toEqual({ pending: 0, inFlight: 0, delayed: 0, dead: 0 })
+        })
+      )
+    )
+
+    it.live("pulls interrupted mid-claim give their tasks back without counting an attempt", () =>
+      onQueue((queueName) =>
+        Effect.gen(function* () {
+          const queue = yield* instance(queueName)
+          const n = 40
+          yield* queue.pushBatch(Array.from({ length: n }, (_, i) => ({ taskId: `i${i}`, data: i })))
+          let delivered = 0
+          for (let i = 0; i < n; i++) {
+            const fiber = yield* Effect.fork(queue.pull(Duration.seconds(1)))
+            // Interrupt at varying points of the round trip.
+            yield* Effect.sleep(Duration.micros(BigInt((i % 8) * 100)))
+            const exit = yield* Fiber.interrupt(fiber)
+            if (Exit.isSuccess(exit) && Option.isSome(exit.value)) {
+              delivered++
+              yield* exit.value.value.nack()
+            }
+          }
+          const stats = yield* queue.stats
+          expect(stats.inFlight).toBe(0)
+          expect(stats.pending).toBe(n)
+          const attempts = new Map<string, number>()
+          for (;;) {
+            const d = yield* queue.pull(Duration.millis(50))
+            if (Option.isNone(d)) break
+            attempts.set(d.value.message.taskId, d.value.message.attempt)
+            yield* d.value.ack
+          }
+          expect(attempts.size).toBe(n)
+          // Only the tasks a puller actually received (and nacked) count an attempt.
+          const counted = [...attempts.values()].filter((a) => a === 2).length
+          expect(counted).toBe(delivered)
+        })
+      )
+    )
+
+    it.live("layerConfig reads QUEUE_NAME, REDIS_URL and LEASE_DURATION", () =>
+      onQueue((queueName) =>
+        Effect.gen(function* () {
+          const queue = yield* Layer.build(RedisQueue.layerConfig).pipe(
+            Effect.map(Context.get(QM.QueueManager)),
+            Effect.withConfigProvider(
+              ConfigProvider.fromMap(
+                new Map([
+                  ["QUEUE_NAME", queueName],
+                  ["REDIS_URL", redisUrl],
+                  ["LEASE_DURATION", "200 millis"]
+                ])
+              )
+            )
+          )
+          expect(queue.queueName).toBe(queueName)
+          expect(queue.backend).toBe("redis")
+          yield* queue.push("configured", 1)
+          const first = yield* queue.pull().pipe(Effect.flatten)
+          const again = yield* queue.pull(Duration.seconds(3)).pipe(Effect.flatten)
+          expect(again.message.attempt).toBe(2)
+          expect(first.message.taskId).toBe("configured")
+          expect((yield* keysOf(queueName)).length).toBeGreaterThan(0)
+        })
+      )
+    )
+
+    it.live("QueueManager.layer({ backend: 'redis' }) loads this backend", () =>
+      onQueue((queueName) =>
+        Effect.gen(function* () {
+          const queue = yield* Layer.build(
+            QM.QueueManager.layer({ backend: "redis", queueName, redisUrl })
+          ).pipe(Effect.map(Context.get(QM.QueueManager)))
+          expect(queue.backend).toBe("redis")
+          expect(yield* queue.push("selected", 1)).toBe(true)
+          expect(yield* queue.length).toBe(1)
+        })
+      )
+    )
+
+    it.live("a queue name that would break the hash tag is refused", () =>
+      Effect.gen(function* () {
+        for (const queueName of ["", "a}b", "{x"]) {
+          const result = yield* Effect.either(Effect.scoped(instance(queueName)))
+          expect(Either.isLeft(result) && result.left._tag, queueName).toBe("QueueError")
+        }
+      })
+    )
+  })
+})
