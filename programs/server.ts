@@ -21,6 +21,7 @@ import {
   HttpApiGroup,
   HttpApiSchema,
   HttpApiSwagger,
+  HttpRouter,
   HttpServer,
   type HttpServerError,
   type HttpServerRequest,
@@ -475,6 +476,9 @@ export const ApiLive: Layer.Layer<HttpApi.Api, never, QueueManager | TaskStore> 
 // Serving
 // ---------------------------------------------------------------------------------------------
 
+/** The longest path parameter routed: a 200-character task id, every character percent-encoded. */
+const maxPathParamLength = 200 * 12
+
 /** Where the API listens. */
 export interface ServerOptions {
   /** 0 picks a free port (read it back from `HttpServer.HttpServer`'s `address`). */
@@ -500,6 +504,8 @@ export const serverLayer = (
     Layer.provide(HttpApiSwagger.layer({ path: "/docs" })),
     Layer.provide(HttpApiBuilder.middlewareOpenApi({ path: "/openapi.json" })),
     Layer.provide(ApiLive),
+    // find-my-way's default (100) would 404 a valid task id of 101 to 200 characters.
+    Layer.provide(HttpRouter.setRouterConfig({ maxParamLength: maxPathParamLength })),
     Layer.provideMerge(
       Layer.effectDiscard(
         HttpServer.addressWith((address) => Effect.log(`task API on ${serverUrl(address)} (docs: /docs)`))
