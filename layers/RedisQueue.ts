@@ -134,8 +134,10 @@ const connect = (
       // QUIT lets the replies in flight arrive; a blocked BZPOPMIN would only delay it, so the
       // blocking connection is simply dropped.
       (client) =>
-        (close === "quit"
+        (close === "quit" && client.status === "ready"
           ? Effect.tryPromise(() => client.quit()).pipe(
+              // Finalizers are uninterruptible: without this the timeout would wait for the reply.
+              Effect.interruptible,
               Effect.timeout(Duration.seconds(1)),
               Effect.catchAll(() => Effect.void)
             )
