@@ -10,7 +10,8 @@
  * @since 0.1.0
  */
 import { Args, Command, Options, ValidationError } from "@effect/cli"
-import { NodeContext, NodeRuntime } from "@effect/platform-node"
+import * as NodeContext from "@effect/platform-node/NodeContext"
+import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
 import { Cause, Console, Data, Effect, Layer, Option, ParseResult, Predicate, Schema } from "effect"
 import { QueueManager, queueConfig } from "../src/QueueManager.js"
 import { defaultPriority } from "../src/Task.js"
@@ -118,9 +119,10 @@ const push = Command.make(
               .join("; ")}`
           })
       ),
-      Effect.flatMap((json) => submitTask({ taskId, data: json, priority })),
-      Effect.flatMap(Console.log),
-      Effect.provide(QueueAndStoreLive)
+      Effect.flatMap((json) =>
+        submitTask({ taskId, data: json, priority }).pipe(Effect.provide(QueueAndStoreLive))
+      ),
+      Effect.flatMap(Console.log)
     )
 ).pipe(Command.withDescription("Submit a task, as POST /tasks does; print its id."))
 
