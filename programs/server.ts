@@ -280,18 +280,20 @@ export const submitTask = Effect.fn("Producer.submitTask")(function* (task: NewT
 })
 
 /**
- * Puts a dead letter back in the queue and its record (when it is still FAILED) back to PENDING;
- * `false` when there is no dead letter with this id.
+ * Puts a dead letter back in the queue and its record (when FAILED) back to PENDING; `false` when
+ * there is no dead letter with this id.
+ *
+ * The record is reset first: a delivery that finds a finished record is settled as recorded,
+ * never run (see `TaskStore.start`). A FAILED record without a dead letter (rare: the queue and
+ * the store disagree) is left PENDING with nothing queued; the answer is still `false`.
  */
 export const retryDeadTask = Effect.fn("Producer.retryDeadTask")(function* (taskId: string) {
   const queue = yield* QueueManager
   const store = yield* TaskStore
   yield* Effect.annotateCurrentSpan("task.id", taskId)
-  if (!(yield* queue.retryDead(taskId))) return false
-  // Only a FAILED record is reset: a worker may already have started the re-queued task.
   const record = yield* store.get(taskId)
   if (Option.isSome(record) && record.value.status === "FAILED") yield* store.reset(taskId)
-  return true
+  return yield* queue.retryDead(taskId)
 })
 
 /** The dead letters in their wire form. */
