@@ -517,9 +517,15 @@ export const serverLayer = (
     )
   )
 
-/** The `Config` of the server: `PORT` (default 3000) and `HOST` (default 127.0.0.1). */
+/** The `Config` of the server: `PORT` (default 3000; 0 picks a free port) and `HOST` (default 127.0.0.1). */
 export const serverConfig: Config.Config<ServerOptions> = Config.all({
-  port: Config.port("PORT").pipe(Config.withDefault(3000)),
+  port: Config.integer("PORT").pipe(
+    Config.validate({
+      message: "PORT must be an integer from 0 to 65535 (0: any free port)",
+      validation: (port) => port >= 0 && port <= 65535
+    }),
+    Config.withDefault(3000)
+  ),
   host: Config.string("HOST").pipe(Config.withDefault("127.0.0.1"))
 })
 
