@@ -26,6 +26,20 @@ export interface BackendUnderTest {
   ) => Effect.Effect<void, unknown>
   /** Removes everything the queue left on its server. */
   readonly cleanup: (queueName: string) => Effect.Effect<void, unknown>
+  /**
+   * Default `true`. `false`: push cannot see which ids are pending or in flight, so every push
+   * answers `true` and a task pushed twice is delivered twice (RabbitMQ).
+   */
+  readonly idempotentPush?: boolean | undefined
+  /** Default `true`. `false`: pushing the id of a dead letter enqueues the task and leaves the dead letter. */
+  readonly replacesDeadLetters?: boolean | undefined
+  /**
+   * Default `true`. `false`: a lease never expires; the task is handed out again only when its
+   * holder's connection closes, which `dropConnections` brings about (RabbitMQ).
+   */
+  readonly leaseExpiry?: boolean | undefined
+  /** Closes the server side of the queue's connections, as if their process died (needed when `leaseExpiry` is `false`). */
+  readonly dropConnections?: ((queueName: string) => Effect.Effect<void, unknown>) | undefined
 }
 
 /** A queue name of its own for one test. */
@@ -137,62 +151,135 @@ export const conformance = (backend: BackendUnderTest) =>
       )
     )
 
-    it.live("push is idempotent by id while the task is pending or in flight", () =>
-      withQueue((queue) =>
-        Effect.gen(function* () {
-          expect(yield* queue.push("same", meeting(1), 3)).toBe(true)
-          expect(yield* queue.push("same", meeting(2), 9)).toBe(false)
-          expect(yield* queue.length).toBe(1)
-          const delivery = yield* queue.pull().pipe(Effect.flatten)
-          expect(delivery.message.data).toEqual(meeting(1))
-          expect(yield* queue.push("same", meeting(3))).toBe(false)
-          yield* delivery.ack
-          expect(yield* queue.push("same", meeting(4))).toBe(true)
-          expect(yield* queue.length).toBe(1)
-        })
-      )
-    )
+    /** The label of a test that checks what this backend documents as different. */
+    const differs = (what: string) => `(${backend.name}: documented difference: ${what})`
 
-    it.live("pushBatch answers per task, skipping ids already known, in one call", () =>
-      withQueue((queue) =>
-        Effect.gen(function* () {
-          yield* queue.push("x", meeting(0))
-          const accepted = yield* queue.pushBatch([
-            { taskId: "y", data: meeting(1), priority: 1 },
-            { taskId: "x", data: meeting(2) },
-            { taskId: "z", data: meeting(3), priority: 9 },
-            { taskId: "y", data: meeting(4) }
-          ])
-          expect(accepted).toEqual([true, false, true, false])
-          expect(yield* drain(queue)).toEqual(["z", "x", "y"])
-          expect(yield* queue.pushBatch([])).toEqual([])
-        })
+    if (backend.idempotentPush === false) {
+      it.live(
+        `every push is accepted and delivered, even of a known id ${differs("no idempotent push")}`,
+        () =>
+          withQueue((queue) =>
+            Effect.gen(function* () {
+              expect(yield* queue.push("same", meeting(1), 3)).toBe(true)
+              expect(yield* queue.push("same", meeting(2), 9)).toBe(true)
+              expect(yield* queue.length).toBe(2)
+              const first = yield* queue.pull().pipe(Effect.flatten)
+              expect(first.message.data).toEqual(meeting(2))
+              expect(yield* queue.push("same", meeting(3), 0)).toBe(true)
+              const second = yield* queue.pull().pipe(Effect.flatten)
+              expect(second.message.data).toEqual(meeting(1))
+              yield* first.ack
+              yield* second.ack
+              expect(yield* drain(queue)).toEqual(["same"])
+            })
+          )
       )
-    )
-
-    it.live("an expired lease hands the task out again as the next attempt; the stale token cannot ack", () =>
-      withQueue(
-        (queue) =>
+    } else {
+      it.live("push is idempotent by id while the task is pending or in flight", () =>
+        withQueue((queue) =>
           Effect.gen(function* () {
-            yield* queue.push("leased", meeting(1))
-            const first = yield* queue.pull().pipe(Effect.flatten)
-            expect(first.message.attempt).toBe(1)
-            expect(Option.isNone(yield* queue.pull(Duration.millis(50)))).toBe(true)
-            expect((yield* queue.stats).inFlight).toBe(1)
-            const second = yield* queue.pull(Duration.seconds(5)).pipe(Effect.flatten)
-            expect(second.message.taskId).toBe("leased")
-            expect(second.message.attempt).toBe(2)
-            expect(second.token).not.toBe(first.token)
-            const stale = yield* Effect.either(first.ack)
-            expect(Either.isLeft(stale) && stale.left._tag).toBe("LeaseLost")
-            const staleNack = yield* Effect.either(first.nack({ requeue: false, error: "late" }))
-            expect(Either.isLeft(staleNack) && staleNack.left._tag).toBe("LeaseLost")
-            yield* second.ack
-            expect(yield* queue.stats).toEqual({ pending: 0, inFlight: 0, delayed: 0, dead: 0 })
-          }),
-        Duration.millis(300)
+            expect(yield* queue.push("same", meeting(1), 3)).toBe(true)
+            expect(yield* queue.push("same", meeting(2), 9)).toBe(false)
+            expect(yield* queue.length).toBe(1)
+            const delivery = yield* queue.pull().pipe(Effect.flatten)
+            expect(delivery.message.data).toEqual(meeting(1))
+            expect(yield* queue.push("same", meeting(3))).toBe(false)
+            yield* delivery.ack
+            expect(yield* queue.push("same", meeting(4))).toBe(true)
+            expect(yield* queue.length).toBe(1)
+          })
+        )
       )
+    }
+
+    const idempotent = backend.idempotentPush !== false
+    it.live(
+      idempotent
+        ? "pushBatch answers per task, skipping ids already known, in one call"
+        : `pushBatch answers per task, in one call ${differs("no idempotent push: known ids are enqueued again")}`,
+      () =>
+        withQueue((queue) =>
+          Effect.gen(function* () {
+            yield* queue.push("x", meeting(0))
+            const accepted = yield* queue.pushBatch([
+              { taskId: "y", data: meeting(1), priority: 1 },
+              { taskId: "x", data: meeting(2) },
+              { taskId: "z", data: meeting(3), priority: 9 },
+              { taskId: "y", data: meeting(4) }
+            ])
+            if (idempotent) {
+              expect(accepted).toEqual([true, false, true, false])
+              expect(yield* drain(queue)).toEqual(["z", "x", "y"])
+            } else {
+              expect(accepted).toEqual([true, true, true, true])
+              expect(yield* drain(queue)).toEqual(["z", "x", "x", "y", "y"])
+            }
+            expect(yield* queue.pushBatch([])).toEqual([])
+          })
+        )
     )
+
+    if (backend.leaseExpiry === false) {
+      it.live(
+        `a lease lasts until its holder's connection closes; then the task comes back as the next attempt and the stale token cannot ack ${differs("no lease expiry")}`,
+        () =>
+          withQueue(
+            (queue, queueName) =>
+              Effect.gen(function* () {
+                yield* queue.push("leased", meeting(1))
+                const first = yield* queue.pull().pipe(Effect.flatten)
+                expect(first.message.attempt).toBe(1)
+                // Well past the lease duration the task is still held, and the token still good.
+                yield* Effect.sleep(Duration.millis(600))
+                expect(Option.isNone(yield* queue.pull(Duration.millis(50)))).toBe(true)
+                expect((yield* queue.stats).inFlight).toBe(1)
+                yield* first.extend()
+                if (backend.dropConnections === undefined)
+                  throw new Error("leaseExpiry: false needs dropConnections")
+                yield* Effect.orDie(backend.dropConnections(queueName))
+                const second = yield* queue.pull(Duration.seconds(20)).pipe(Effect.flatten)
+                expect(second.message.taskId).toBe("leased")
+                expect(second.message.attempt).toBe(2)
+                expect(second.token).not.toBe(first.token)
+                const stale = yield* Effect.either(first.ack)
+                expect(Either.isLeft(stale) && stale.left._tag).toBe("LeaseLost")
+                const staleNack = yield* Effect.either(first.nack({ requeue: false, error: "late" }))
+                expect(Either.isLeft(staleNack) && staleNack.left._tag).toBe("LeaseLost")
+                const staleExtend = yield* Effect.either(first.extend())
+                expect(Either.isLeft(staleExtend) && staleExtend.left._tag).toBe("LeaseLost")
+                yield* second.ack
+                expect(yield* queue.stats).toEqual({ pending: 0, inFlight: 0, delayed: 0, dead: 0 })
+              }),
+            Duration.millis(300)
+          )
+      )
+    } else {
+      it.live(
+        "an expired lease hands the task out again as the next attempt; the stale token cannot ack",
+        () =>
+          withQueue(
+            (queue) =>
+              Effect.gen(function* () {
+                yield* queue.push("leased", meeting(1))
+                const first = yield* queue.pull().pipe(Effect.flatten)
+                expect(first.message.attempt).toBe(1)
+                expect(Option.isNone(yield* queue.pull(Duration.millis(50)))).toBe(true)
+                expect((yield* queue.stats).inFlight).toBe(1)
+                const second = yield* queue.pull(Duration.seconds(5)).pipe(Effect.flatten)
+                expect(second.message.taskId).toBe("leased")
+                expect(second.message.attempt).toBe(2)
+                expect(second.token).not.toBe(first.token)
+                const stale = yield* Effect.either(first.ack)
+                expect(Either.isLeft(stale) && stale.left._tag).toBe("LeaseLost")
+                const staleNack = yield* Effect.either(first.nack({ requeue: false, error: "late" }))
+                expect(Either.isLeft(staleNack) && staleNack.left._tag).toBe("LeaseLost")
+                yield* second.ack
+                expect(yield* queue.stats).toEqual({ pending: 0, inFlight: 0, delayed: 0, dead: 0 })
+              }),
+            Duration.millis(300)
+          )
+      )
+    }
 
     it.live("extend keeps a lease past its first deadline", () =>
       withQueue(
@@ -283,18 +370,28 @@ export const conformance = (backend: BackendUnderTest) =>
       )
     )
 
-    it.live("pushing the id of a dead letter replaces it", () =>
-      withQueue((queue) =>
-        Effect.gen(function* () {
-          yield* queue.push("phoenix", meeting(1))
-          yield* (yield* queue.pull().pipe(Effect.flatten)).nack({ requeue: false, error: "x" })
-          expect(yield* queue.push("phoenix", meeting(2))).toBe(true)
-          expect(yield* queue.stats).toEqual({ pending: 1, inFlight: 0, delayed: 0, dead: 0 })
-          const delivery = yield* queue.pull().pipe(Effect.flatten)
-          expect(delivery.message.data).toEqual(meeting(2))
-          expect(delivery.message.attempt).toBe(1)
-        })
-      )
+    const replaces = backend.replacesDeadLetters !== false
+    it.live(
+      replaces
+        ? "pushing the id of a dead letter replaces it"
+        : `pushing the id of a dead letter enqueues it again ${differs("the dead letter stays until retried or purged")}`,
+      () =>
+        withQueue((queue) =>
+          Effect.gen(function* () {
+            yield* queue.push("phoenix", meeting(1))
+            yield* (yield* queue.pull().pipe(Effect.flatten)).nack({ requeue: false, error: "x" })
+            expect(yield* queue.push("phoenix", meeting(2))).toBe(true)
+            expect(yield* queue.stats).toEqual({
+              pending: 1,
+              inFlight: 0,
+              delayed: 0,
+              dead: replaces ? 0 : 1
+            })
+            const delivery = yield* queue.pull().pipe(Effect.flatten)
+            expect(delivery.message.data).toEqual(meeting(2))
+            expect(delivery.message.attempt).toBe(1)
+          })
+        )
     )
 
     it.live("length, stats and clear count what they say", () =>
