@@ -337,7 +337,12 @@ export class QueueManager extends Context.Tag("effect-task-queue/QueueManager")<
           )
         )
       case "rabbitmq":
-        return Layer.fail(new QueueError({ message: "the rabbitmq backend is not available yet" }))
+        return Layer.unwrapEffect(
+          Effect.map(
+            load(() => import("../layers/RabbitMqQueue.js")),
+            (m) => m.layer({ ...common, rabbitmqUrl: options.rabbitmqUrl ?? defaults.rabbitmqUrl })
+          )
+        )
     }
   }
 

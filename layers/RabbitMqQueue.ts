@@ -1,0 +1,919 @@
+/**
+ * The RabbitMQ backend (amqplib): one durable priority queue per task queue, publisher confirms,
+ * manual acks, delayed requeue through TTL queues, dead letters in a queue of their own.
+ *
+ * Topology (see `layers/rabbitmq/Topology.ts`): `<q>` (durable, `x-max-priority: 10`),
+ * `<q>.dead`, and delay bucket queues `<q>.delay.<ms>` that dead-letter back into `<q>`, declared
+ * idempotently on every (re)connection and on demand.
+ *
+ * How it differs from the memory and Redis backends (documented in the README):
+ *
+ * - **No idempotent push.** RabbitMQ cannot look a message up by id, so `offer` answers `true`
+ *   for every task and a task pushed twice is delivered twice; the task store rejects duplicate
+ *   submissions. Likewise pushing the id of a dead letter leaves that dead letter in place.
+ * - **No lease expiry.** A pulled task stays with its holder until it is acked or nacked, or its
+ *   holder's channel closes (process death, lost connection): then the broker hands it out again,
+ *   counted as the next attempt. `extend` succeeds while the holder's channel lives and does
+ *   nothing else.
+ * - **Order.** A claim takes tasks with `basic.get`, so it gets the most urgent ready task of the
+ *   whole queue at that moment (priority, then push order), across processes. A claim that finds
+ *   nothing waits on a consumer of its own (prefetch `min(max, prefetch)`) and gets the first
+ *   tasks that arrive, in arrival order. A requeued, delayed or released task re-enters at the
+ *   back of its priority.
+ * - **Delays** are exact unless an older, longer delay of the same bucket is ahead of them (then
+ *   late by less than half the bucket, at most 2^30 ms); at most 2^31 ms (about 24.8 days).
+ * - **Counts.** `inFlight` counts the leases held by this process only; `pending` counts ready
+ *   messages in `<q>`. `clear` removes ready and delayed tasks, not those another process holds.
+ * - **Dead letters** are read by taking them with manual acks and giving them back (closing the
+ *   channel), so concurrent readers in other processes may briefly not see each other's; and
+ *   `retryDead` scans the dead-letter queue.
+ *
+ * @since 0.1.0
+ */
+import type * as Amqp from "amqplib"
+import { connect as amqpConnect } from "amqplib"
+import {
+  Clock,
+  Config,
+  type ConfigError,
+  Deferred,
+  Duration,
+  Effect,
+  Exit,
+  FiberId,
+  Layer,
+  Redacted,
+  Schedule,
+  type Scope
+} from "effect"
+import { LeaseLost, QueueError } from "../src/Errors.js"
+import type {
+  QueueBackend,
+  QueueStats,
+  RawDeadLetter,
+  RawLease,
+  RawNack,
+  RawTask
+} from "../src/QueueBackend.js"
+import * as QM from "../src/QueueManager.js"
+import * as Topology from "./rabbitmq/Topology.js"
+
+/** Options of the RabbitMQ backend. */
+export interface RabbitMqQueueOptions {
+  /** Default `"tasks"`: the name of the main queue; the others are `<queueName>.dead` and `<queueName>.delay.<ms>`. */
+  readonly queueName?: string | undefined
+  /** Default `amqp://guest:guest@127.0.0.1:5672`; may carry a password, hence `Redacted`. */
+  readonly rabbitmqUrl?: string | Redacted.Redacted | undefined
+  /** The default of `Delivery.extend`; RabbitMQ has no lease expiry, so it changes nothing else. */
+  readonly leaseDuration?: Duration.DurationInput | undefined
+  /** The most tasks a waiting claim takes from its consumer at once; default 16. */
+  readonly prefetch?: number | undefined
+  /** Bound on connecting (at start-up and on each reconnection attempt); default 5 seconds. */
+  readonly connectTimeout?: Duration.DurationInput | undefined
+  /** Bound on waiting for a connection or for a publisher confirm; default 10 seconds. */
+  readonly operationTimeout?: Duration.DurationInput | undefined
+}
+
+/** The `connection_name` client property of a queue's connection (shown by `rabbitmqctl list_connections`). */
+export const connectionName = (queueName: string): string => `etq:${queueName}`
+
+/** How many channels claims spread their `basic.get`s over. */
+const claimChannels = 4
+
+/** Reconnects forever, backing off from 100 ms to 5 s with jitter. */
+const reconnectSchedule = Schedule.exponential("100 millis").pipe(
+  Schedule.union(Schedule.spaced("5 seconds")),
+  Schedule.jittered
+)
+
+const describe = (cause: unknown) => (cause instanceof Error ? cause.message : String(cause))
+
+/** Where a URL points, without its credentials, for error messages. */
+const hostOf = (url: string) => {
+  try {
+    return new URL(url).host || "rabbitmq"
+  } catch {
+    return "rabbitmq (unparsable URL)"
+  }
+}
+
+/** A 10-second heartbeat unless the URL asks for another, so a dead peer is noticed in about 20 seconds. */
+const withHeartbeat = (url: string) => {
+  try {
+    const parsed = new URL(url)
+    if (!parsed.searchParams.has("heartbeat")) parsed.searchParams.set("heartbeat", "10")
+    return parsed.toString()
+  } catch {
+    return url
+  }
+}
+
+/** A non-negative integer header, 0 when absent or unreadable. */
+const countHeader = (headers: Amqp.MessagePropertyHeaders | undefined, name: string): number => {
+  const value = headers?.[name]
+  const n = typeof value === "number" ? value : typeof value === "string" ? Number(value) : Number.NaN
+  return Number.isSafeInteger(n) && n >= 0 ? n : 0
+}
+
+const stringHeader = (headers: Amqp.MessagePropertyHeaders | undefined, name: string): string | undefined => {
+  const value = headers?.[name]
+  return typeof value === "string" ? value : Buffer.isBuffer(value) ? value.toString("utf8") : undefined
+}
+
+/** A claim channel: `basic.get`s, the consumers of waiting claims, and the acks of what they took. */
+interface Lane {
+  readonly index: number
+  readonly channel: Amqp.Channel
+  /** Claims running on this lane, to spread the next one. */
+  busy: number
+  /** The per-consumer prefetch the channel's next consumer gets. */
+  qos: number
+  /** Serializes `basic.qos` + `basic.consume` pairs. */
+  readonly lock: Effect.Semaphore
+}
+
+/** One connection with its channels; dies as a whole when any of them closes. */
+class Session {
+  alive = true
+  cause: unknown = undefined
+  causeIsGeneric = false
+  readonly closed = Deferred.unsafeMake<void>(FiberId.none)
+  publisher: Amqp.ConfirmChannel | undefined = undefined
+  lanes: Array<Lane> = []
+  /** Delay bucket -> when this session last declared its queue (epoch ms). */
+  readonly declared = new Map<number, number>()
+  /** Mandatory publishes the broker returned (no queue), by routing key and message id, not yet confirmed. */
+  readonly returned = new Map<string, number>()
+  /** Wake-ups of the claims waiting on a consumer, called when the session dies. */
+  readonly waiters = new Set<() => void>()
+  constructor(
+    readonly id: number,
+    readonly connection: Amqp.ChannelModel
+  ) {}
+}
+
+/** A delivery this process holds: leased to a claimer (or being taken by a claim). */
+interface Held {
+  readonly id: string
+  readonly token: string
+  readonly session: Session
+  readonly lane: Lane
+  readonly message: Amqp.Message
+  /** The attempt this delivery is. */
+  readonly attempt: number
+  readonly priority: number
+}
+
+/** A message to publish with a confirm: the task `id` goes into `messageId` (or `x-task-id`). */
+interface Outgoing {
+  readonly routingKey: string
+  readonly id: string
+  readonly content: Buffer
+  readonly options: Amqp.Options.Publish
+}
+
+/** `messageId` is an AMQP short string (at most 255 bytes); longer task ids travel in a header. */
+const maxMessageIdBytes = 255
+
+/** The properties that carry a task id. */
+const idProperties = (id: string, options: Amqp.Options.Publish): Amqp.Options.Publish =>
+  Buffer.byteLength(id, "utf8") <= maxMessageIdBytes
+    ? { ...options, messageId: id }
+    : { ...options, headers: { ...options.headers, [Topology.header.taskId]: id } }
+
+/** The task id a message carries (`""` when it has none). */
+const taskIdOf = (message: Amqp.Message): string =>
+  stringHeader(message.properties.headers, Topology.header.taskId) ??
+  (typeof message.properties.messageId === "string" ? message.properties.messageId : "")
+
+const returnKey = (routingKey: string, id: string) => `${routingKey}\u0000${id}`
+
+const lost = (id: string) =>
+  new LeaseLost({
+    taskId: id,
+    message: `the lease on task ${id} is no longer held (acked, nacked, or its channel to RabbitMQ closed)`
+  })
+
+/**
+ * The raw operations of one queue on RabbitMQ. Connects within the connect timeout (failing with
+ * `QueueError` otherwise), declares the topology, and keeps the connection in the scope:
+ * reconnecting with backoff whenever it or one of its channels closes, closing channels before
+ * the connection when the scope closes.
+ */
+export const makeBackend = (
+  options: RabbitMqQueueOptions = {}
+): Effect.Effect<QueueBackend, QueueError, Scope.Scope> =>
+  Effect.gen(function* () {
+    const queueName = options.queueName ?? QM.defaults.queueName
+    const url = Redacted.isRedacted(options.rabbitmqUrl)
+      ? options.rabbitmqUrl
+      : Redacted.make(options.rabbitmqUrl ?? QM.defaults.rabbitmqUrl)
+    const where = hostOf(Redacted.value(url))
+    const names = Topology.names(queueName)
+    const prefetch = Math.max(1, Math.floor(options.prefetch ?? 16))
+    const connectMillis = Duration.toMillis(options.connectTimeout ?? Duration.seconds(5))
+    const operationMillis = Duration.toMillis(options.operationTimeout ?? Duration.seconds(10))
+
+    const leases = new Map<string, Held>()
+    let sessions = 0
+    let blocked: string | undefined
+    let lastError: unknown
+    const state: { current: Session | undefined; ready: Deferred.Deferred<void> } = {
+      current: undefined,
+      ready: Deferred.unsafeMake<void>(FiberId.none)
+    }
+
+    const call = <A>(what: string, f: () => Promise<A>) =>
+      Effect.tryPromise({
+        try: f,
+        catch: (cause) =>
+          new QueueError({ message: `RabbitMQ ${what} failed on ${where}: ${describe(cause)}`, cause })
+      })
+
+    /** Marks a session dead (idempotent): its leases are gone, its waiting claims wake up. */
+    const kill = (session: Session, cause: unknown, generic = false) => {
+      if (!session.alive) {
+        // A channel's bare "closed" may come first; the connection's own error says why.
+        if (session.causeIsGeneric && !generic) {
+          session.cause = cause
+          session.causeIsGeneric = false
+          lastError = cause
+        }
+        return
+      }
+      session.causeIsGeneric = generic
+      session.alive = false
+      session.cause = cause
+      lastError = cause
+      for (const [token, held] of leases) if (held.session === session) leases.delete(token)
+      for (const wake of session.waiters) wake()
+      session.waiters.clear()
+      Deferred.unsafeDone(session.closed, Exit.void)
+    }
+
+    const watch = (session: Session, emitter: Amqp.Channel | Amqp.ChannelModel, what: string) => {
+      emitter.on("error", (error: unknown) => kill(session, error))
+      emitter.on("close", (error?: unknown) =>
+        error === undefined ? kill(session, new Error(`the ${what} closed`), true) : kill(session, error)
+      )
+    }
+
+    const connectOnce = Effect.tryPromise({
+      try: (signal) =>
+        amqpConnect(withHeartbeat(Redacted.value(url)), {
+          noDelay: true,
+          timeout: connectMillis,
+          clientProperties: { connection_name: connectionName(queueName) }
+        }).then((connection) => {
+          if (signal.aborted) {
+            connection.on("error", () => {})
+            connection.close().catch(() => {})
+            throw new Error("connection attempt abandoned")
+          }
+          return connection
+        }),
+      catch: (cause) => {
+        lastError = cause
+        return new QueueError({
+          message: `cannot connect to RabbitMQ at ${where}: ${describe(cause)}`,
+          cause
+        })
+      }
+    })
+
+    const closeQuietly = (what: string, close: () => Promise<void>) =>
+      call(`closing the ${what}`, close).pipe(
+        // Finalizers are uninterruptible: without this the timeout would wait for the reply.
+        Effect.interruptible,
+        Effect.timeout(Duration.seconds(2)),
+        Effect.ignore
+      )
+
+    /** Closes the channels, then the connection; what is already closed is skipped. */
+    const closeSession = (session: Session) =>
+      Effect.gen(function* () {
+        const channels = [
+          ...session.lanes.map((lane) => lane.channel),
+          ...(session.publisher ? [session.publisher] : [])
+        ]
+        yield* Effect.forEach(channels, (channel) => closeQuietly("channel", () => channel.close()), {
+          concurrency: "unbounded",
+          discard: true
+        })
+        yield* closeQuietly("connection", () => session.connection.close())
+        kill(session, new Error("closed by the queue"))
+      })
+
+    /** Opens the channels and declares the main and dead-letter queues. */
+    const setup = (session: Session) =>
+      Effect.gen(function* () {
+        const { connection } = session
+        const publisher = yield* call("opening a channel", () => connection.createConfirmChannel())
+        watch(session, publisher, "publisher channel")
+        publisher.on("return", (message: Amqp.Message) => {
+          const key = returnKey(message.fields.routingKey, taskIdOf(message))
+          session.returned.set(key, (session.returned.get(key) ?? 0) + 1)
+        })
+        session.publisher = publisher
+        for (let index = 0; index < claimChannels; index++) {
+          const channel = yield* call("opening a channel", () => connection.createChannel())
+          watch(session, channel, "claim channel")
+          session.lanes.push({ index, channel, busy: 0, qos: 0, lock: Effect.unsafeMakeSemaphore(1) })
+        }
+        yield* call(`declaring queue ${names.main}`, () =>
+          publisher.assertQueue(names.main, Topology.mainQueueOptions(queueName))
+        )
+        yield* call(`declaring queue ${names.dead}`, () =>
+          publisher.assertQueue(names.dead, Topology.deadQueueOptions)
+        )
+      })
+
+    /** Connects, opens the channels, declares the topology; closes what it opened if it fails or is interrupted. */
+    const openSession: Effect.Effect<Session, QueueError> = Effect.uninterruptibleMask((restore) =>
+      Effect.gen(function* () {
+        const connection = yield* restore(connectOnce)
+        const session = new Session(++sessions, connection)
+        watch(session, connection, "connection")
+        connection.on("blocked", (reason: string) => {
+          blocked = reason
+        })
+        connection.on("unblocked", () => {
+          blocked = undefined
+        })
+        yield* restore(setup(session)).pipe(Effect.onError(() => closeSession(session)))
+        return session
+      })
+    ).pipe(
+      Effect.timeoutFail({
+        duration: Duration.millis(connectMillis),
+        onTimeout: () =>
+          new QueueError({
+            message: `cannot connect to RabbitMQ at ${where}: no answer within ${connectMillis} ms`,
+            ...(lastError === undefined ? {} : { cause: lastError })
+          })
+      })
+    )
+
+    const install = (session: Session) => {
+      state.current = session
+      lastError = undefined
+      const ready = state.ready
+      state.ready = Deferred.unsafeMake<void>(FiberId.none)
+      Deferred.unsafeDone(ready, Exit.void)
+    }
+
+    /** The live session, waiting for a reconnection until `deadline` (epoch ms). */
+    const connected = (deadline: number): Effect.Effect<Session, QueueError> =>
+      Effect.gen(function* () {
+        for (;;) {
+          const ready = state.ready
+          const current = state.current
+          if (current?.alive) return current
+          const now = yield* Clock.currentTimeMillis
+          if (now >= deadline) {
+            return yield* new QueueError({
+              message: `not connected to RabbitMQ at ${where}${lastError === undefined ? "" : `: ${describe(lastError)}`}`,
+              ...(lastError === undefined ? {} : { cause: lastError })
+            })
+          }
+          yield* Deferred.await(ready).pipe(Effect.timeoutOption(Duration.millis(deadline - now)))
+        }
+      })
+
+    const connectedSoon = Effect.flatMap(Clock.currentTimeMillis, (now) => connected(now + operationMillis))
+
+    // The first connection belongs to the layer's scope; the supervisor below replaces it when it dies.
+    yield* Effect.acquireRelease(Effect.interruptible(openSession).pipe(Effect.tap(install)), () =>
+      Effect.suspend(() => (state.current === undefined ? Effect.void : closeSession(state.current)))
+    )
+
+    yield* Effect.gen(function* () {
+      const session = state.current!
+      yield* Deferred.await(session.closed)
+      yield* Effect.logWarning(`lost the connection to RabbitMQ at ${where}; reconnecting`).pipe(
+        Effect.annotateLogs({ cause: describe(session.cause) })
+      )
+      yield* closeSession(session)
+      const next = yield* openSession.pipe(
+        Effect.tapError((error) => Effect.logWarning(`reconnecting to RabbitMQ failed: ${error.message}`)),
+        Effect.retry(reconnectSchedule)
+      )
+      install(next)
+      yield* Effect.logInfo(`reconnected to RabbitMQ at ${where}`)
+    }).pipe(
+      Effect.forever,
+      Effect.annotateLogs({ module: "RabbitMqQueue", queue: queueName }),
+      Effect.interruptible,
+      Effect.forkScoped
+    )
+
+    /** Publishes every message, then waits for all their confirms at once. */
+    const publishAll = (session: Session, what: string, messages: ReadonlyArray<Outgoing>) =>
+      Effect.tryPromise({
+        try: () =>
+          Promise.all(
+            messages.map(
+              (message) =>
+                new Promise<void>((resolve, reject) => {
+                  const key = returnKey(message.routingKey, message.id)
+                  const publisher = session.publisher!
+                  publisher.publish(
+                    "",
+                    message.routingKey,
+                    message.content,
+                    idProperties(message.id, { persistent: true, mandatory: true, ...message.options }),
+                    (error: unknown) => {
+                      const returned = session.returned.get(key) ?? 0
+                      if (returned > 0) {
+                        if (returned === 1) session.returned.delete(key)
+                        else session.returned.set(key, returned - 1)
+                        return reject(new Error(`no queue ${message.routingKey} to route it to`))
+                      }
+                      if (error) reject(error instanceof Error ? error : new Error("the broker refused it"))
+                      else resolve()
+                    }
+                  )
+                })
+            )
+          ),
+        catch: (cause) =>
+          new QueueError({
+            message: `RabbitMQ did not accept the ${what} on ${where}: ${describe(cause)}`,
+            cause
+          })
+      }).pipe(
+        Effect.timeoutFail({
+          duration: Duration.millis(operationMillis),
+          onTimeout: () =>
+            new QueueError({
+              message: `RabbitMQ did not confirm the ${what} within ${operationMillis} ms${
+                blocked === undefined ? "" : ` (the connection is blocked: ${blocked})`
+              }; it may or may not have been enqueued`
+            })
+        })
+      )
+
+    /** A copy of a held message for another queue, with these headers instead of its own. */
+    const copyOf = (
+      held: Held,
+      routingKey: string,
+      headers: Record<string, unknown>,
+      extra: Amqp.Options.Publish = {}
+    ): Outgoing => ({
+      routingKey,
+      id: held.id,
+      content: held.message.content,
+      options: {
+        ...extra,
+        priority: held.priority,
+        contentType: held.message.properties.contentType ?? "application/json",
+        headers
+      }
+    })
+
+    /** Takes a received message into the lease table. */
+    const hold = (session: Session, lane: Lane, message: Amqp.Message): Held => {
+      const token = `${session.id}.${lane.index}.${message.fields.deliveryTag}`
+      const held: Held = {
+        id: taskIdOf(message),
+        token,
+        session,
+        lane,
+        message,
+        attempt: countHeader(message.properties.headers, Topology.header.attempt) + 1,
+        priority: Math.min(Topology.maxPriority, Math.max(0, Number(message.properties.priority) || 0))
+      }
+      leases.set(token, held)
+      return held
+    }
+
+    /** Acks a held message on the channel that delivered it; `false` when that channel is gone. */
+    const settle = (held: Held, requeue?: boolean): boolean => {
+      leases.delete(held.token)
+      if (!held.session.alive) return false
+      try {
+        if (requeue === undefined) held.lane.channel.ack(held.message)
+        else held.lane.channel.nack(held.message, false, requeue)
+        return true
+      } catch {
+        return false
+      }
+    }
+
+    /**
+     * A redelivered message (its holder died) counts as the next attempt: it goes back at the
+     * back of its priority with its attempt header raised, then the original is acked.
+     */
+    const bump = (held: Held) =>
+      publishAll(held.session, `requeue of redelivered task ${held.id}`, [
+        copyOf(held, names.main, { [Topology.header.attempt]: held.attempt })
+      ]).pipe(
+        Effect.interruptible,
+        Effect.matchCauseEffect({
+          onFailure: (cause) => {
+            settle(held, true)
+            return Effect.logWarning("could not requeue a redelivered task; the broker keeps it").pipe(
+              Effect.annotateLogs({ taskId: held.id, cause: String(cause) })
+            )
+          },
+          onSuccess: () => Effect.sync(() => settle(held))
+        })
+      )
+
+    /** Takes up to `max - out.length` tasks with `basic.get`, most urgent first. */
+    const getInto = (session: Session, lane: Lane, max: number, out: Array<Held>) =>
+      Effect.gen(function* () {
+        while (out.length < max && session.alive) {
+          // A message the broker sent must reach the lease table, so get + hold is one step.
+          const taken = yield* Effect.uninterruptible(
+            Effect.flatMap(
+              call("basic.get", () => lane.channel.get(names.main, { noAck: false })),
+              (message) => {
+                if (message === false) return Effect.succeed(false)
+                const held = hold(session, lane, message)
+                return message.fields.redelivered
+                  ? Effect.as(bump(held), true)
+                  : Effect.sync(() => {
+                      out.push(held)
+                      return true
+                    })
+              }
+            )
+          )
+          if (taken === false) return
+        }
+      })
+
+    /** Waits up to `millis` for tasks on a consumer of its own that takes at most `n`. */
+    const waitInto = (session: Session, lane: Lane, n: number, millis: number, out: Array<Held>) => {
+      const arrived = Deferred.unsafeMake<void>(FiberId.none)
+      const wake = () => Deferred.unsafeDone(arrived, Exit.void)
+      let stopped = false
+      return Effect.acquireUseRelease(
+        lane.lock.withPermits(1)(
+          Effect.gen(function* () {
+            if (lane.qos !== n) {
+              yield* call("basic.qos", () => lane.channel.prefetch(n, false))
+              lane.qos = n
+            }
+            session.waiters.add(wake)
+            return yield* call("basic.consume", () =>
+              lane.channel.consume(
+                names.main,
+                (message) => {
+                  if (message === null) return wake()
+                  if (stopped) {
+                    // Only after a cancel that timed out: give it straight back.
+                    try {
+                      lane.channel.nack(message, false, true)
+                    } catch {}
+                    return
+                  }
+                  out.push(hold(session, lane, message))
+                  wake()
+                },
+                { noAck: false }
+              )
+            )
+          })
+        ),
+        () => Deferred.await(arrived).pipe(Effect.timeoutOption(Duration.millis(millis))),
+        (consumer) =>
+          Effect.gen(function* () {
+            session.waiters.delete(wake)
+            if (session.alive) {
+              yield* call("basic.cancel", () => lane.channel.cancel(consumer.consumerTag)).pipe(
+                Effect.interruptible,
+                Effect.timeout(Duration.millis(operationMillis)),
+                Effect.ignore
+              )
+            }
+            stopped = true
+          })
+      )
+    }
+
+    /** Gives back what an unfinished claim holds (the broker marks it redelivered). */
+    const releaseAll = (out: Array<Held>) =>
+      Effect.sync(() => {
+        for (const held of out) if (leases.get(held.token) === held) settle(held, true)
+        out.length = 0
+      })
+
+    /** Runs the redelivered ones through `bump`; keeps the rest. */
+    const bumpRedelivered = (out: Array<Held>) =>
+      Effect.gen(function* () {
+        const redelivered = out.filter((held) => held.message.fields.redelivered)
+        if (redelivered.length === 0) return
+        const kept = out.filter((held) => !held.message.fields.redelivered)
+        out.length = 0
+        out.push(...kept)
+        yield* Effect.forEach(redelivered, bump, { discard: true })
+      })
+
+    const toLease = (held: Held): RawLease => ({
+      id: held.id,
+      body: held.message.content.toString("utf8"),
+      attempt: held.attempt,
+      token: held.token
+    })
+
+    const claim = (
+      max: number,
+      timeout: Duration.Duration
+    ): Effect.Effect<ReadonlyArray<RawLease>, QueueError> => {
+      const out: Array<Held> = []
+      return Effect.gen(function* () {
+        const deadline = (yield* Clock.currentTimeMillis) + Duration.toMillis(timeout)
+        for (;;) {
+          const session = yield* connected(deadline)
+          const lane = session.lanes.reduce((a, b) => (b.busy < a.busy ? b : a))
+          lane.busy++
+          const round = Effect.gen(function* () {
+            yield* getInto(session, lane, max, out)
+            if (out.length > 0) return
+            const remaining = deadline - (yield* Clock.currentTimeMillis)
+            if (remaining <= 0) return
+            yield* waitInto(session, lane, Math.min(max, prefetch), remaining, out)
+            yield* bumpRedelivered(out)
+            if (out.length > 0) yield* getInto(session, lane, max, out)
+          }).pipe(
+            Effect.ensuring(Effect.sync(() => lane.busy--)),
+            // A session that died under the claim: wait for the next one until the deadline.
+            Effect.catchAll((error) => (session.alive ? Effect.fail(error) : Effect.void))
+          )
+          yield* round
+          // Leases of a session that died meanwhile are gone.
+          const live = out.filter((held) => leases.get(held.token) === held)
+          out.length = 0
+          out.push(...live)
+          if (out.length > 0 || (yield* Clock.currentTimeMillis) >= deadline) {
+            const leased = out.slice().sort((a, b) => b.priority - a.priority)
+            out.length = 0
+            return leased.map(toLease)
+          }
+        }
+      }).pipe(Effect.onExit((exit) => (Exit.isSuccess(exit) ? Effect.void : releaseAll(out))))
+    }
+
+    /** The held delivery behind a token, if it still holds. */
+    const holding = (id: string, token: string) => {
+      const held = leases.get(token)
+      return held !== undefined && held.id === id && held.session.alive ? held : undefined
+    }
+
+    /** Redeclares a delay bucket queue unless this session did so recently enough. */
+    const declareDelay = (session: Session, bucket: number, now: number) => {
+      const last = session.declared.get(bucket)
+      if (last !== undefined && now - last < Topology.delayQueueRedeclareAfter(bucket)) return Effect.void
+      return call(`declaring queue ${names.delay(bucket)}`, () =>
+        session.publisher!.assertQueue(names.delay(bucket), Topology.delayQueueOptions(queueName, bucket))
+      ).pipe(Effect.tap(() => Effect.sync(() => session.declared.set(bucket, now))))
+    }
+
+    const nack = (id: string, token: string, options: RawNack): Effect.Effect<void, QueueError | LeaseLost> =>
+      Effect.gen(function* () {
+        const delay = Math.ceil(options.delayMillis)
+        if (options.requeue && delay > Topology.maxDelayMillis) {
+          return yield* new QueueError({
+            message: `a delay of ${delay} ms is over RabbitMQ's maximum of ${Topology.maxDelayMillis} ms`
+          })
+        }
+        const held = holding(id, token)
+        if (held === undefined) return yield* lost(id)
+        const { session } = held
+        const now = yield* Clock.currentTimeMillis
+        const publish = Effect.gen(function* () {
+          if (!options.requeue) {
+            return copyOf(held, names.dead, {
+              [Topology.header.error]: options.error ?? "dead-lettered",
+              [Topology.header.attempts]: held.attempt,
+              [Topology.header.deadAt]: now
+            })
+          }
+          if (delay > 0) {
+            const bucket = Topology.bucketFor(delay)
+            yield* declareDelay(session, bucket, now)
+            return copyOf(
+              held,
+              names.delay(bucket),
+              { [Topology.header.attempt]: held.attempt, [Topology.header.delay]: delay },
+              { expiration: String(delay) }
+            )
+          }
+          return copyOf(held, names.main, { [Topology.header.attempt]: held.attempt })
+        }).pipe(Effect.flatMap((outgoing) => publishAll(session, `nack of task ${id}`, [outgoing])))
+        // While the copy is published the lease is settling: a concurrent ack or nack finds it gone.
+        leases.delete(token)
+        yield* publish.pipe(
+          Effect.onExit((exit) =>
+            Effect.sync(() => {
+              // A failed publish leaves the lease with its holder, who may try again.
+              if (Exit.isFailure(exit) && session.alive) leases.set(token, held)
+            })
+          ),
+          Effect.catchTag(
+            "QueueError",
+            (error): Effect.Effect<never, QueueError | LeaseLost> =>
+              session.alive ? Effect.fail(error) : Effect.fail(lost(id))
+          )
+        )
+        // The copy is safe; if the original's channel died meanwhile the broker hands it out again too.
+        if (!settle(held)) return yield* lost(id)
+      })
+
+    const stats: Effect.Effect<QueueStats, QueueError> = Effect.gen(function* () {
+      const session = yield* connectedSoon
+      const publisher = session.publisher!
+      const now = yield* Clock.currentTimeMillis
+      const [main, dead, ...delays] = yield* call("queue.declare", () =>
+        Promise.all([
+          publisher.assertQueue(names.main, Topology.mainQueueOptions(queueName)),
+          publisher.assertQueue(names.dead, Topology.deadQueueOptions),
+          ...Topology.delayBuckets.map((bucket) =>
+            publisher.assertQueue(names.delay(bucket), Topology.delayQueueOptions(queueName, bucket))
+          )
+        ])
+      )
+      for (const bucket of Topology.delayBuckets) session.declared.set(bucket, now)
+      let inFlight = 0
+      for (const held of leases.values()) if (held.session.alive) inFlight++
+      return {
+        pending: main!.messageCount,
+        inFlight,
+        delayed: delays.reduce((sum, reply) => sum + reply.messageCount, 0),
+        dead: dead!.messageCount
+      }
+    })
+
+    const clear: Effect.Effect<number, QueueError> = Effect.gen(function* () {
+      const session = yield* connectedSoon
+      const publisher = session.publisher!
+      const now = yield* Clock.currentTimeMillis
+      const delays = yield* call("queue.declare", () =>
+        Promise.all(
+          Topology.delayBuckets.map((bucket) =>
+            publisher.assertQueue(names.delay(bucket), Topology.delayQueueOptions(queueName, bucket))
+          )
+        )
+      )
+      for (const bucket of Topology.delayBuckets) session.declared.set(bucket, now)
+      const purged = yield* call("queue.purge", () =>
+        Promise.all([
+          publisher.purgeQueue(names.main),
+          ...delays
+            .filter((reply) => reply.messageCount > 0)
+            .map((reply) => publisher.purgeQueue(reply.queue))
+        ])
+      )
+      return purged.reduce((sum, reply) => sum + reply.messageCount, 0)
+    })
+
+    // Reading dead letters takes them from the queue for a moment; one reader at a time per process.
+    const deadLock = yield* Effect.makeSemaphore(1)
+
+    /** Runs `f` on a channel of its own; closing it gives back whatever `f` took and did not ack. */
+    const withDeadChannel = <A>(
+      f: (session: Session, channel: Amqp.Channel) => Effect.Effect<A, QueueError>
+    ) =>
+      deadLock.withPermits(1)(
+        Effect.flatMap(connectedSoon, (session) =>
+          Effect.acquireUseRelease(
+            call("opening a channel", () => session.connection.createChannel()).pipe(
+              Effect.tap((channel) =>
+                Effect.sync(() => {
+                  channel.on("error", () => {})
+                  channel.on("close", () => {})
+                })
+              )
+            ),
+            (channel) => f(session, channel),
+            (channel) => closeQuietly("channel", () => channel.close())
+          )
+        )
+      )
+
+    const toDeadLetter = (message: Amqp.Message): RawDeadLetter => {
+      const headers = message.properties.headers
+      const death = Array.isArray(headers?.["x-death"])
+        ? (headers["x-death"][0] as unknown as Record<string, unknown>)
+        : undefined
+      const deathTime = death?.time as { value?: unknown } | undefined
+      return {
+        id: taskIdOf(message),
+        body: message.content.toString("utf8"),
+        attempts:
+          countHeader(headers, Topology.header.attempts) || countHeader(headers, Topology.header.attempt) + 1,
+        error:
+          stringHeader(headers, Topology.header.error) ??
+          `dead-lettered by RabbitMQ (${typeof death?.reason === "string" ? death.reason : "unknown reason"})`,
+        deadAt:
+          countHeader(headers, Topology.header.deadAt) ||
+          (typeof deathTime?.value === "number" ? deathTime.value * 1000 : 0)
+      }
+    }
+
+    const deadLetters = (limit: number) =>
+      withDeadChannel((_, channel) =>
+        Effect.gen(function* () {
+          const out: Array<RawDeadLetter> = []
+          while (out.length < limit) {
+            const message = yield* call("basic.get", () => channel.get(names.dead, { noAck: false }))
+            if (message === false) break
+            out.push(toDeadLetter(message))
+          }
+          return out
+        })
+      )
+
+    const retryDead = (id: string) =>
+      withDeadChannel((session, channel) =>
+        Effect.gen(function* () {
+          for (;;) {
+            const message = yield* call("basic.get", () => channel.get(names.dead, { noAck: false }))
+            if (message === false) return false
+            if (taskIdOf(message) !== id) continue
+            yield* publishAll(session, `retry of dead letter ${id}`, [
+              {
+                routingKey: names.main,
+                id,
+                content: message.content,
+                options: {
+                  priority: Math.min(
+                    Topology.maxPriority,
+                    Math.max(0, Number(message.properties.priority) || 0)
+                  ),
+                  contentType: message.properties.contentType ?? "application/json",
+                  headers: { [Topology.header.attempt]: 0 }
+                }
+              }
+            ])
+            channel.ack(message)
+            return true
+          }
+        })
+      )
+
+    const backend: QueueBackend = {
+      kind: "rabbitmq",
+      offer: (tasks: ReadonlyArray<RawTask>) =>
+        Effect.gen(function* () {
+          const session = yield* connectedSoon
+          yield* publishAll(
+            session,
+            tasks.length === 1 ? `push of task ${tasks[0]!.id}` : `push of ${tasks.length} tasks`,
+            tasks.map((task) => ({
+              routingKey: names.main,
+              id: task.id,
+              content: Buffer.from(task.body, "utf8"),
+              options: { priority: task.priority, contentType: "application/json" }
+            }))
+          )
+          return tasks.map(() => true)
+        }),
+      claim,
+      ack: (id, token) =>
+        Effect.suspend(() => {
+          const held = holding(id, token)
+          return held !== undefined && settle(held) ? Effect.void : Effect.fail(lost(id))
+        }),
+      nack,
+      extend: (id, token) => (holding(id, token) === undefined ? Effect.fail(lost(id)) : Effect.void),
+      stats,
+      clear,
+      deadLetters,
+      retryDead
+    }
+    return backend
+  })
+
+/** A `QueueManager` on a RabbitMQ queue, its connection held by the scope. */
+export const make = (
+  options: RabbitMqQueueOptions = {}
+): Effect.Effect<QM.QueueManagerService, QueueError, Scope.Scope> =>
+  Effect.map(makeBackend(options), (backend) =>
+    QM.make({
+      queueName: options.queueName ?? QM.defaults.queueName,
+      backend,
+      leaseDuration: options.leaseDuration ?? QM.defaults.leaseDuration
+    })
+  )
+
+/** Provides `QueueManager` on a RabbitMQ queue; the connection lives as long as the layer. */
+export const layer = (options: RabbitMqQueueOptions = {}): Layer.Layer<QM.QueueManager, QueueError> =>
+  Layer.scoped(QM.QueueManager, make(options))
+
+/** As {@link layer}, configured by `QUEUE_NAME`, `RABBITMQ_URL` (redacted) and `LEASE_DURATION`. */
+export const layerConfig: Layer.Layer<QM.QueueManager, QueueError | ConfigError.ConfigError> =
+  Layer.unwrapEffect(
+    Effect.map(
+      Config.all({
+        queueName: Config.string("QUEUE_NAME").pipe(Config.withDefault(QM.defaults.queueName)),
+        rabbitmqUrl: Config.redacted("RABBITMQ_URL").pipe(
+          Config.withDefault(Redacted.make(QM.defaults.rabbitmqUrl))
+        ),
+        leaseDuration: Config.duration("LEASE_DURATION").pipe(Config.withDefault(QM.defaults.leaseDuration))
+      }),
+      layer
+    )
+  )
