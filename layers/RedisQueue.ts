@@ -262,38 +262,45 @@ export const makeBackend = (
       )
 
     // --- waking blocked pullers -------------------------------------------------------------
-    // `wakeup` completes (and is replaced) whenever a marker arrives; a puller takes it before
-    // its claim, so a marker that lands during the claim still wakes it.
-    let wakeup = Deferred.unsafeMake<void>(FiberId.none)
-    let waiters = 0
+    // A generation ends (its deferred completes) whenever a marker arrives. A puller takes the
+    // current generation before its claim, so a marker that lands during the claim still wakes
+    // it; the blocking fiber only waits for Redis while the current generation has waiters.
+    interface Generation {
+      readonly woken: Deferred.Deferred<void>
+      waiters: number
+    }
+    const generation = (): Generation => ({ woken: Deferred.unsafeMake<void>(FiberId.none), waiters: 0 })
+    let current = generation()
     let someoneWaits = Deferred.unsafeMake<void>(FiberId.none)
     const wakeAll = () => {
-      const woken = wakeup
-      wakeup = Deferred.unsafeMake<void>(FiberId.none)
-      Deferred.unsafeDone(woken, Exit.void)
+      const ended = current
+      current = generation()
+      Deferred.unsafeDone(ended.woken, Exit.void)
     }
-    const waitFor = (signal: Deferred.Deferred<void>, millis: number) =>
-      Effect.acquireUseRelease(
-        Effect.sync(() => {
-          if (waiters++ === 0) {
-            Deferred.unsafeDone(someoneWaits, Exit.void)
-            someoneWaits = Deferred.unsafeMake<void>(FiberId.none)
-          }
-        }),
-        () => Effect.race(Deferred.await(signal), Effect.sleep(Duration.millis(Math.max(0, millis)))),
-        () =>
-          Effect.sync(() => {
-            waiters--
-          })
-      )
+    const waitFor = (gen: Generation, millis: number) =>
+      gen !== current
+        ? Effect.void // woken while it claimed: claim again at once
+        : Effect.acquireUseRelease(
+            Effect.sync(() => {
+              if (gen.waiters++ === 0) {
+                Deferred.unsafeDone(someoneWaits, Exit.void)
+                someoneWaits = Deferred.unsafeMake<void>(FiberId.none)
+              }
+            }),
+            () => Effect.race(Deferred.await(gen.woken), Effect.sleep(Duration.millis(Math.max(0, millis)))),
+            () =>
+              Effect.sync(() => {
+                gen.waiters--
+              })
+          )
 
     let failures = 0
     const blockOnce = Effect.gen(function* () {
-      if (waiters === 0) yield* Deferred.await(someoneWaits)
+      if (current.waiters === 0) yield* Deferred.await(someoneWaits)
       const popped = yield* blocking.run("BZPOPMIN", (c) => c.bzpopmin(key.marker, blockSeconds))
       failures = 0
       if (popped === null) return
-      if (waiters > 0) return wakeAll()
+      if (current.waiters > 0) return wakeAll()
       // Nobody here waits any more: give the marker back for pullers elsewhere.
       yield* commands.run("ZADD marker", (c) => c.zadd(key.marker, 0, "wake"))
     }).pipe(
@@ -356,7 +363,7 @@ export const makeBackend = (
       Effect.gen(function* () {
         const deadline = (yield* Clock.currentTimeMillis) + Duration.toMillis(timeout)
         for (;;) {
-          const signal = wakeup
+          const gen = current
           const claimed = yield* claimOnce(max)
           if (claimed.leases.length > 0) {
             return claimed.leases.map(
@@ -365,7 +372,7 @@ export const makeBackend = (
           }
           const remaining = deadline - (yield* Clock.currentTimeMillis)
           if (remaining <= 0) return []
-          yield* waitFor(signal, claimed.waitMillis < 0 ? remaining : Math.min(remaining, claimed.waitMillis))
+          yield* waitFor(gen, claimed.waitMillis < 0 ? remaining : Math.min(remaining, claimed.waitMillis))
         }
       })
 
