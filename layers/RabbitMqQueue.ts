@@ -140,8 +140,6 @@ class Session {
   readonly closed = Deferred.unsafeMake<void>(FiberId.none)
   publisher: Amqp.ConfirmChannel | undefined = undefined
   lanes: Array<Lane> = []
-  /** Delay bucket -> when this session last declared its queue (epoch ms). */
-  readonly declared = new Map<number, number>()
   /** Mandatory publishes the broker returned (no queue), by routing key and message id, not yet confirmed. */
   readonly returned = new Map<string, number>()
   /** Wake-ups of the claims waiting on a consumer, called when the session dies. */
@@ -188,6 +186,13 @@ const taskIdOf = (message: Amqp.Message): string =>
 
 const returnKey = (routingKey: string, id: string) => `${routingKey}\u0000${id}`
 
+/** The broker returned a mandatory message: no queue of that name. */
+class Unroutable extends Error {
+  constructor(readonly queue: string) {
+    super(`no queue ${queue} to route it to`)
+  }
+}
+
 const lost = (id: string) =>
   new LeaseLost({
     taskId: id,
@@ -229,6 +234,27 @@ export const makeBackend = (
         catch: (cause) =>
           new QueueError({ message: `RabbitMQ ${what} failed on ${where}: ${describe(cause)}`, cause })
       })
+
+    /** The declaration of a queue of the topology. */
+    const declarationOf = (queue: string) =>
+      queue === names.main
+        ? Topology.mainQueueOptions(queueName)
+        : queue === names.dead
+          ? Topology.deadQueueOptions
+          : Topology.delayQueueOptions(queueName)
+
+    /**
+     * Declares queues of the topology (idempotent, so it also tells their counts), spread over the
+     * session's channels so the round trips overlap.
+     */
+    const declareAll = (session: Session, queues: ReadonlyArray<string>) => {
+      const channels: Array<Amqp.Channel> = [session.publisher!, ...session.lanes.map((lane) => lane.channel)]
+      return call("queue.declare", () =>
+        Promise.all(
+          queues.map((queue, i) => channels[i % channels.length]!.assertQueue(queue, declarationOf(queue)))
+        )
+      )
+    }
 
     /** Marks a session dead (idempotent): its leases are gone, its waiting claims wake up. */
     const kill = (session: Session, cause: unknown, generic = false) => {
@@ -326,6 +352,7 @@ export const makeBackend = (
         yield* call(`declaring queue ${names.dead}`, () =>
           publisher.assertQueue(names.dead, Topology.deadQueueOptions)
         )
+        yield* declareAll(session, Topology.delayBuckets.map(names.delay))
       })
 
     /** Connects, opens the channels, declares the topology; closes what it opened if it fails or is interrupted. */
@@ -407,35 +434,50 @@ export const makeBackend = (
       Effect.forkScoped
     )
 
-    /** Publishes every message, then waits for all their confirms at once. */
+    /** Publishes one message; settles when the broker confirms it, refuses it, or returns it unroutable. */
+    const publishOne = (session: Session, message: Outgoing) =>
+      new Promise<void>((resolve, reject) => {
+        const key = returnKey(message.routingKey, message.id)
+        session.publisher!.publish(
+          "",
+          message.routingKey,
+          message.content,
+          idProperties(message.id, { persistent: true, mandatory: true, ...message.options }),
+          (error: unknown) => {
+            // A mandatory message the broker could not route comes back before its confirm.
+            const returned = session.returned.get(key) ?? 0
+            if (returned > 0) {
+              if (returned === 1) session.returned.delete(key)
+              else session.returned.set(key, returned - 1)
+              return reject(new Unroutable(message.routingKey))
+            }
+            if (error) reject(error instanceof Error ? error : new Error("the broker refused it"))
+            else resolve()
+          }
+        )
+      })
+
+    /**
+     * Publishes every message, then waits for all their confirms at once. A queue deleted behind
+     * the backend's back makes its messages come back unroutable: it is declared again and they
+     * are published once more, so nothing confirmed is ever dropped.
+     */
     const publishAll = (session: Session, what: string, messages: ReadonlyArray<Outgoing>) =>
       Effect.tryPromise({
-        try: () =>
-          Promise.all(
-            messages.map(
-              (message) =>
-                new Promise<void>((resolve, reject) => {
-                  const key = returnKey(message.routingKey, message.id)
-                  const publisher = session.publisher!
-                  publisher.publish(
-                    "",
-                    message.routingKey,
-                    message.content,
-                    idProperties(message.id, { persistent: true, mandatory: true, ...message.options }),
-                    (error: unknown) => {
-                      const returned = session.returned.get(key) ?? 0
-                      if (returned > 0) {
-                        if (returned === 1) session.returned.delete(key)
-                        else session.returned.set(key, returned - 1)
-                        return reject(new Error(`no queue ${message.routingKey} to route it to`))
-                      }
-                      if (error) reject(error instanceof Error ? error : new Error("the broker refused it"))
-                      else resolve()
-                    }
-                  )
-                })
-            )
-          ),
+        try: async () => {
+          const settled = await Promise.allSettled(messages.map((message) => publishOne(session, message)))
+          const failed = settled.flatMap((result, i) =>
+            result.status === "rejected" ? [[messages[i]!, result.reason] as const] : []
+          )
+          if (failed.length === 0) return
+          if (!failed.every(([, reason]) => reason instanceof Unroutable))
+            throw failed.find(([, r]) => !(r instanceof Unroutable))![1]
+          const queues = [...new Set(failed.map(([message]) => message.routingKey))]
+          await Promise.all(
+            queues.map((queue) => session.publisher!.assertQueue(queue, declarationOf(queue)))
+          )
+          await Promise.all(failed.map(([message]) => publishOne(session, message)))
+        },
         catch: (cause) =>
           new QueueError({
             message: `RabbitMQ did not accept the ${what} on ${where}: ${describe(cause)}`,
@@ -662,15 +704,6 @@ export const makeBackend = (
       return held !== undefined && held.id === id && held.session.alive ? held : undefined
     }
 
-    /** Redeclares a delay bucket queue unless this session did so recently enough. */
-    const declareDelay = (session: Session, bucket: number, now: number) => {
-      const last = session.declared.get(bucket)
-      if (last !== undefined && now - last < Topology.delayQueueRedeclareAfter(bucket)) return Effect.void
-      return call(`declaring queue ${names.delay(bucket)}`, () =>
-        session.publisher!.assertQueue(names.delay(bucket), Topology.delayQueueOptions(queueName, bucket))
-      ).pipe(Effect.tap(() => Effect.sync(() => session.declared.set(bucket, now))))
-    }
-
     const nack = (id: string, token: string, options: RawNack): Effect.Effect<void, QueueError | LeaseLost> =>
       Effect.gen(function* () {
         const delay = Math.ceil(options.delayMillis)
@@ -683,26 +716,21 @@ export const makeBackend = (
         if (held === undefined) return yield* lost(id)
         const { session } = held
         const now = yield* Clock.currentTimeMillis
-        const publish = Effect.gen(function* () {
-          if (!options.requeue) {
-            return copyOf(held, names.dead, {
+        const outgoing = !options.requeue
+          ? copyOf(held, names.dead, {
               [Topology.header.error]: options.error ?? "dead-lettered",
               [Topology.header.attempts]: held.attempt,
               [Topology.header.deadAt]: now
             })
-          }
-          if (delay > 0) {
-            const bucket = Topology.bucketFor(delay)
-            yield* declareDelay(session, bucket, now)
-            return copyOf(
-              held,
-              names.delay(bucket),
-              { [Topology.header.attempt]: held.attempt, [Topology.header.delay]: delay },
-              { expiration: String(delay) }
-            )
-          }
-          return copyOf(held, names.main, { [Topology.header.attempt]: held.attempt })
-        }).pipe(Effect.flatMap((outgoing) => publishAll(session, `nack of task ${id}`, [outgoing])))
+          : delay > 0
+            ? copyOf(
+                held,
+                names.delay(Topology.bucketFor(delay)),
+                { [Topology.header.attempt]: held.attempt, [Topology.header.delay]: delay },
+                { expiration: String(delay) }
+              )
+            : copyOf(held, names.main, { [Topology.header.attempt]: held.attempt })
+        const publish = publishAll(session, `nack of task ${id}`, [outgoing])
         // While the copy is published the lease is settling: a concurrent ack or nack finds it gone.
         leases.delete(token)
         yield* publish.pipe(
@@ -724,18 +752,11 @@ export const makeBackend = (
 
     const stats: Effect.Effect<QueueStats, QueueError> = Effect.gen(function* () {
       const session = yield* connectedSoon
-      const publisher = session.publisher!
-      const now = yield* Clock.currentTimeMillis
-      const [main, dead, ...delays] = yield* call("queue.declare", () =>
-        Promise.all([
-          publisher.assertQueue(names.main, Topology.mainQueueOptions(queueName)),
-          publisher.assertQueue(names.dead, Topology.deadQueueOptions),
-          ...Topology.delayBuckets.map((bucket) =>
-            publisher.assertQueue(names.delay(bucket), Topology.delayQueueOptions(queueName, bucket))
-          )
-        ])
-      )
-      for (const bucket of Topology.delayBuckets) session.declared.set(bucket, now)
+      const [main, dead, ...delays] = yield* declareAll(session, [
+        names.main,
+        names.dead,
+        ...Topology.delayBuckets.map(names.delay)
+      ])
       let inFlight = 0
       for (const held of leases.values()) if (held.session.alive) inFlight++
       return {
@@ -749,15 +770,7 @@ export const makeBackend = (
     const clear: Effect.Effect<number, QueueError> = Effect.gen(function* () {
       const session = yield* connectedSoon
       const publisher = session.publisher!
-      const now = yield* Clock.currentTimeMillis
-      const delays = yield* call("queue.declare", () =>
-        Promise.all(
-          Topology.delayBuckets.map((bucket) =>
-            publisher.assertQueue(names.delay(bucket), Topology.delayQueueOptions(queueName, bucket))
-          )
-        )
-      )
-      for (const bucket of Topology.delayBuckets) session.declared.set(bucket, now)
+      const delays = yield* declareAll(session, Topology.delayBuckets.map(names.delay))
       const purged = yield* call("queue.purge", () =>
         Promise.all([
           publisher.purgeQueue(names.main),
@@ -848,7 +861,14 @@ export const makeBackend = (
                 }
               }
             ])
-            channel.ack(message)
+            yield* Effect.try({
+              try: () => channel.ack(message),
+              catch: (cause) =>
+                new QueueError({
+                  message: `dead letter ${id} was requeued but could not be removed from ${names.dead}: ${describe(cause)}`,
+                  cause
+                })
+            })
             return true
           }
         })

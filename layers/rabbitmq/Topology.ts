@@ -6,12 +6,17 @@
  * - `<q>`: durable classic queue, `x-max-priority: 10`; what the broker itself dead-letters goes
  *   to `<q>.dead` through the default exchange.
  * - `<q>.dead`: durable queue of dead letters, oldest first.
- * - `<q>.delay.<b>`: one durable queue per delay bucket `b` (powers of two from 256 ms to
- *   2^31 ms). A delayed message carries its own `expiration` (the exact delay) and, once expired,
- *   the broker dead-letters it back into `<q>` with its priority and headers. A bucket holds
- *   delays in `(b / 2, b]` (the first one everything up to 256 ms), so a message stuck behind an
- *   older, longer one of its bucket is late by less than `b / 2`. Each bucket queue has
- *   `x-expires` of `2 b + 60 s`: one left unused that long (no redeclaration) disappears.
+ * - `<q>.delay.<b>`: one durable queue per delay bucket `b`, powers of two from 256 ms to 2^31 ms
+ *   (24 queues). A delayed message carries its own `expiration` (the exact delay) and, once
+ *   expired, the broker dead-letters it back into `<q>` with its priority and headers. A bucket
+ *   holds delays in `(b / 2, b]` (the first one everything up to 256 ms); the broker expires
+ *   messages only at the head of a queue, so a message behind an older, longer one of its bucket
+ *   is late by less than `b / 2` (and never early).
+ *
+ * The buckets are a fixed set declared with the rest, not one queue per distinct delay that would
+ * vanish when unused (`x-expires`): so any process can count and purge every delayed task
+ * (`stats`, `clear`) with declarations that cannot fail, without knowing which delays others used,
+ * and no queue can expire while it still holds messages.
  *
  * @since 0.1.0
  */
@@ -19,8 +24,10 @@
 /** The priority ceiling declared on the queue; task priorities map onto it one to one. */
 export const maxPriority = 10
 
-/** The smallest and largest delay buckets, in milliseconds. */
+/** The smallest delay bucket, in milliseconds. */
 export const minDelayBucket = 2 ** 8
+
+/** The largest delay bucket, in milliseconds. */
 export const maxDelayBucket = 2 ** 31
 
 /** The longest delay a nack may ask for on RabbitMQ (about 24.8 days). */
@@ -38,16 +45,6 @@ export const bucketFor = (delayMillis: number): number => {
   return Math.min(maxDelayBucket, Math.max(minDelayBucket, bucket))
 }
 
-/** A bucket queue unused for this long disappears; always longer than any message it can hold lives. */
-export const delayQueueExpires = (bucket: number): number => 2 * bucket + 60_000
-
-/**
- * How long a process may publish into a bucket queue after declaring it before it declares it
- * again: a message published within this window expires (even behind an older one) before the
- * queue can.
- */
-export const delayQueueRedeclareAfter = (bucket: number): number => bucket
-
 /** The names of a queue's RabbitMQ objects. */
 export interface Names {
   readonly main: string
@@ -62,7 +59,7 @@ export const names = (queueName: string): Names => ({
   delay: (bucket) => `${queueName}.delay.${bucket}`
 })
 
-/** Every queue the backend may declare for `queueName` (for operations and tests that remove them). */
+/** Every queue the backend declares for `queueName` (for operations and tests that remove them). */
 export const allQueues = (queueName: string): ReadonlyArray<string> => {
   const n = names(queueName)
   return [n.main, n.dead, ...delayBuckets.map(n.delay)]
@@ -82,12 +79,11 @@ export const mainQueueOptions = (queueName: string) => ({
 export const deadQueueOptions = { durable: true } as const
 
 /** `assertQueue` options of one delay bucket queue. */
-export const delayQueueOptions = (queueName: string, bucket: number) => ({
+export const delayQueueOptions = (queueName: string) => ({
   durable: true,
   arguments: {
     "x-dead-letter-exchange": "",
-    "x-dead-letter-routing-key": names(queueName).main,
-    "x-expires": delayQueueExpires(bucket)
+    "x-dead-letter-routing-key": names(queueName).main
   }
 })
 
