@@ -8,7 +8,13 @@ import { Clock, Config, type ConfigError, Duration, Effect, Layer, Option } from
 import { DuplicateTask } from "../src/Errors.js"
 import type { Priority, TaskId } from "../src/Task.js"
 import { TaskRecord } from "../src/Task.js"
-import { defaultRetention, TaskStore, type TaskStoreService } from "../src/TaskStore.js"
+import {
+  defaultRetention,
+  type StartResult,
+  started,
+  TaskStore,
+  type TaskStoreService
+} from "../src/TaskStore.js"
 
 /** Options of the memory task store. */
 export interface MemoryTaskStoreOptions {
@@ -82,7 +88,7 @@ export const make = (options: MemoryTaskStoreOptions = {}): Effect.Effect<TaskSt
       get: (taskId) =>
         withNow(() => Option.map(Option.fromNullable(slots.get(taskId)), (slot) => slot.record)),
       start: (taskId, lease) =>
-        withNow((now) => {
+        withNow((now): StartResult => {
           const slot = slots.get(taskId)
           if (slot === undefined) {
             const record = new TaskRecord(
@@ -97,10 +103,14 @@ export const make = (options: MemoryTaskStoreOptions = {}): Effect.Effect<TaskSt
               { disableValidation: true }
             )
             slots.set(taskId, { record, token: lease.token })
-            return
+            return started
+          }
+          if (slot.record.status === "COMPLETED" || slot.record.status === "FAILED") {
+            return { _tag: "Finished", record: slot.record }
           }
           slot.token = lease.token
           update(slot, now, { status: "PROCESSING", attempts: lease.attempt })
+          return started
         }),
       finish: (taskId, token, outcome) =>
         withNow((now) => {

@@ -19,6 +19,20 @@ export type Outcome =
   | { readonly status: "COMPLETED"; readonly result: JsonValue }
   | { readonly status: "RETRYING" | "FAILED"; readonly error: string }
 
+/**
+ * What `start` found. `Started`: the record now belongs to this delivery (PROCESSING) and the task
+ * may run. `Finished`: an earlier delivery already recorded the task's outcome (COMPLETED or
+ * FAILED) but stopped before settling its message, e.g. it crashed between recording and
+ * acknowledging; nothing changed, and this delivery is only settled as recorded (acked when
+ * COMPLETED, dead-lettered when FAILED), never run again.
+ */
+export type StartResult =
+  | { readonly _tag: "Started" }
+  | { readonly _tag: "Finished"; readonly record: TaskRecord }
+
+/** The `Started` result of `start`. */
+export const started: StartResult = { _tag: "Started" }
+
 /** The delivery a transition belongs to. */
 export interface LeaseInfo {
   readonly token: string
@@ -34,15 +48,21 @@ export interface TaskStoreService {
   readonly get: (taskId: string) => Effect.Effect<Option.Option<TaskRecord>, QueueError>
   /**
    * A delivery of the task started: PROCESSING, with `attempts = lease.attempt`. Creates the
-   * record when the task was pushed straight onto the queue without one.
+   * record when the task was pushed straight onto the queue without one. A finished (COMPLETED or
+   * FAILED) record is left as it is and returned as `Finished`: the task id is its idempotency key
+   * while the record is kept, so a finished task runs again only after `reset`.
    */
-  readonly start: (taskId: string, lease: LeaseInfo) => Effect.Effect<void, QueueError>
+  readonly start: (taskId: string, lease: LeaseInfo) => Effect.Effect<StartResult, QueueError>
   /**
    * Records how the delivery holding `token` ended; `false` (and nothing changed) when another
    * delivery has started since, or the record is gone.
    */
   readonly finish: (taskId: string, token: string, outcome: Outcome) => Effect.Effect<boolean, QueueError>
-  /** The task was put back in the queue by hand (a retried dead letter): PENDING again; `false` when unknown. */
+  /**
+   * The task is being put back in the queue by hand (a retried dead letter): PENDING again, with
+   * its outcome cleared; `false` when unknown. Call it before re-queueing the task, or its next
+   * delivery finds the old outcome (see `start`) and is settled without running.
+   */
   readonly reset: (taskId: string) => Effect.Effect<boolean, QueueError>
 }
 
