@@ -3,8 +3,16 @@
  * manual acks, delayed requeue through TTL queues, dead letters in a queue of their own.
  *
  * Topology (see `layers/rabbitmq/Topology.ts`): `<q>` (durable, `x-max-priority: 10`),
- * `<q>.dead`, and delay bucket queues `<q>.delay.<ms>` that dead-letter back into `<q>`, declared
- * idempotently on every (re)connection and on demand.
+ * `<q>.dead`, and 24 delay bucket queues `<q>.delay.<ms>` that dead-letter back into `<q>`, all
+ * declared idempotently on every (re)connection, and again when a publish finds one deleted
+ * (publishes are mandatory, so the broker returns them instead of dropping them).
+ *
+ * Claims: `basic.get` (manual ack) on one of 4 claim channels; a claim that finds the queue empty
+ * consumes from it until a task arrives or its time is up, then cancels. A lease token names the
+ * connection, the channel and the delivery tag: once that channel is gone the token is refused
+ * with `LeaseLost`, and nothing is ever acked on another channel. Attempts travel in the
+ * `x-attempt` header; a message the broker redelivers (its holder died) is published again with
+ * the next attempt number and the original acked once the copy is confirmed.
  *
  * How it differs from the memory and Redis backends (documented in the README):
  *
@@ -18,8 +26,9 @@
  * - **Order.** A claim takes tasks with `basic.get`, so it gets the most urgent ready task of the
  *   whole queue at that moment (priority, then push order), across processes. A claim that finds
  *   nothing waits on a consumer of its own (prefetch `min(max, prefetch)`) and gets the first
- *   tasks that arrive, in arrival order. A requeued, delayed or released task re-enters at the
- *   back of its priority.
+ *   tasks that arrive, in arrival order. A requeued or delayed task, or one whose holder died,
+ *   re-enters at the back of its priority. A claim interrupted while it holds tasks gives them
+ *   back to the broker, which marks them redelivered: they count one attempt more.
  * - **Delays** are exact unless an older, longer delay of the same bucket is ahead of them (then
  *   late by less than half the bucket, at most 2^30 ms); at most 2^31 ms (about 24.8 days).
  * - **Counts.** `inFlight` counts the leases held by this process only; `pending` counts ready
@@ -186,6 +195,47 @@ const taskIdOf = (message: Amqp.Message): string =>
 
 const returnKey = (routingKey: string, id: string) => `${routingKey}\u0000${id}`
 
+/** A confirm that did not come in time. */
+class Overdue extends Error {
+  constructor() {
+    super("no confirm in time")
+  }
+}
+
+/**
+ * Deadlines of the promises waiting for the broker, failed by a sweep every second. One timer
+ * for all: an `Effect.timeout` per publish would cost a fiber and a timer each.
+ */
+class Deadlines {
+  private readonly waiting = new Set<{ readonly deadline: number; readonly fail: (error: Error) => void }>()
+  /** Runs `f`, failing it with `Overdue` if it has not settled by `deadline` (epoch ms). */
+  watch<A>(deadline: number, f: () => Promise<A>): Promise<A> {
+    return new Promise<A>((resolve, reject) => {
+      const entry = { deadline, fail: reject }
+      this.waiting.add(entry)
+      f().then(
+        (value) => {
+          this.waiting.delete(entry)
+          resolve(value)
+        },
+        (error: unknown) => {
+          this.waiting.delete(entry)
+          reject(error)
+        }
+      )
+    })
+  }
+  /** Fails what is overdue at `now`. */
+  sweep(now: number) {
+    for (const entry of this.waiting) {
+      if (entry.deadline <= now) {
+        this.waiting.delete(entry)
+        entry.fail(new Overdue())
+      }
+    }
+  }
+}
+
 /** The broker returned a mandatory message: no queue of that name. */
 class Unroutable extends Error {
   constructor(readonly queue: string) {
@@ -220,6 +270,7 @@ export const makeBackend = (
     const operationMillis = Duration.toMillis(options.operationTimeout ?? Duration.seconds(10))
 
     const leases = new Map<string, Held>()
+    const overdue = new Deadlines()
     let sessions = 0
     let blocked: string | undefined
     let lastError: unknown
@@ -434,6 +485,12 @@ export const makeBackend = (
       Effect.forkScoped
     )
 
+    yield* Effect.flatMap(Clock.currentTimeMillis, (now) => Effect.sync(() => overdue.sweep(now))).pipe(
+      Effect.repeat(Schedule.spaced("1 second")),
+      Effect.interruptible,
+      Effect.forkScoped
+    )
+
     /** Publishes one message; settles when the broker confirms it, refuses it, or returns it unroutable. */
     const publishOne = (session: Session, message: Outgoing) =>
       new Promise<void>((resolve, reject) => {
@@ -463,34 +520,34 @@ export const makeBackend = (
      * are published once more, so nothing confirmed is ever dropped.
      */
     const publishAll = (session: Session, what: string, messages: ReadonlyArray<Outgoing>) =>
-      Effect.tryPromise({
-        try: async () => {
-          const settled = await Promise.allSettled(messages.map((message) => publishOne(session, message)))
-          const failed = settled.flatMap((result, i) =>
-            result.status === "rejected" ? [[messages[i]!, result.reason] as const] : []
-          )
-          if (failed.length === 0) return
-          if (!failed.every(([, reason]) => reason instanceof Unroutable))
-            throw failed.find(([, r]) => !(r instanceof Unroutable))![1]
-          const queues = [...new Set(failed.map(([message]) => message.routingKey))]
-          await Promise.all(
-            queues.map((queue) => session.publisher!.assertQueue(queue, declarationOf(queue)))
-          )
-          await Promise.all(failed.map(([message]) => publishOne(session, message)))
-        },
-        catch: (cause) =>
-          new QueueError({
-            message: `RabbitMQ did not accept the ${what} on ${where}: ${describe(cause)}`,
-            cause
-          })
-      }).pipe(
-        Effect.timeoutFail({
-          duration: Duration.millis(operationMillis),
-          onTimeout: () =>
+      Effect.flatMap(Clock.currentTimeMillis, (now) =>
+        Effect.tryPromise({
+          try: () =>
+            overdue.watch(now + operationMillis, async () => {
+              const settled = await Promise.allSettled(
+                messages.map((message) => publishOne(session, message))
+              )
+              const failed = settled.flatMap((result, i) =>
+                result.status === "rejected" ? [[messages[i]!, result.reason] as const] : []
+              )
+              if (failed.length === 0) return
+              if (!failed.every(([, reason]) => reason instanceof Unroutable))
+                throw failed.find(([, r]) => !(r instanceof Unroutable))![1]
+              const queues = [...new Set(failed.map(([message]) => message.routingKey))]
+              await Promise.all(
+                queues.map((queue) => session.publisher!.assertQueue(queue, declarationOf(queue)))
+              )
+              await Promise.all(failed.map(([message]) => publishOne(session, message)))
+            }),
+          catch: (cause) =>
             new QueueError({
-              message: `RabbitMQ did not confirm the ${what} within ${operationMillis} ms${
-                blocked === undefined ? "" : ` (the connection is blocked: ${blocked})`
-              }; it may or may not have been enqueued`
+              message:
+                cause instanceof Overdue
+                  ? `RabbitMQ did not confirm the ${what} within ${operationMillis} ms${
+                      blocked === undefined ? "" : ` (the connection is blocked: ${blocked})`
+                    }; it may or may not have been enqueued`
+                  : `RabbitMQ did not accept the ${what} on ${where}: ${describe(cause)}`,
+              cause
             })
         })
       )

@@ -89,11 +89,22 @@ interface BrokerProxy {
   readonly cut: Effect.Effect<void>
   /** Accepts connections again, on the same port. */
   readonly restore: Effect.Effect<void>
+  /** Holds every byte in both directions (the connections stay open) until `resume`. */
+  readonly stall: Effect.Effect<void>
+  /** Delivers what was held and forwards again. */
+  readonly resume: Effect.Effect<void>
 }
 
 const proxy: Effect.Effect<BrokerProxy, never, Scope.Scope> = Effect.gen(function* () {
   const target = new URL(rabbitmqUrl)
   const sockets = new Set<Socket>()
+  let stalled = false
+  const held: Array<readonly [Socket, Buffer]> = []
+  const forward = (from: Socket, to: Socket) =>
+    from.on("data", (chunk: Buffer) => {
+      if (stalled) held.push([to, chunk])
+      else to.write(chunk)
+    })
   const make = () =>
     createServer((client) => {
       const upstream = tcpConnect(Number(target.port || 5672), target.hostname)
@@ -106,7 +117,8 @@ const proxy: Effect.Effect<BrokerProxy, never, Scope.Scope> = Effect.gen(functio
           upstream.destroy()
         })
       }
-      client.pipe(upstream).pipe(client)
+      forward(client, upstream)
+      forward(upstream, client)
     })
   let server = make()
   const listen = (port: number) =>
@@ -134,6 +146,13 @@ const proxy: Effect.Effect<BrokerProxy, never, Scope.Scope> = Effect.gen(functio
     restore: Effect.suspend(() => {
       server = make()
       return Effect.asVoid(listen(port))
+    }),
+    stall: Effect.sync(() => {
+      stalled = true
+    }),
+    resume: Effect.sync(() => {
+      stalled = false
+      for (const [to, chunk] of held.splice(0)) to.write(chunk)
     })
   }
 })
@@ -280,6 +299,33 @@ await describeWithServer("RabbitMQ", rabbitmqUrl, "RabbitMQ backend under faults
               .pipe(Effect.retry(Schedule.spaced("200 millis").pipe(Schedule.upTo("15 seconds"))))
             const ids = yield* drain(queue)
             expect(ids.filter((id) => id !== "during")).toEqual(["before", "after"])
+          })
+        )
+    )
+
+    it.live(
+      "a broker that stops answering: a push fails once its confirm is overdue, and succeeds after",
+      () =>
+        onQueue((queueName) =>
+          Effect.gen(function* () {
+            const broker = yield* proxy
+            const queue = yield* instance(queueName, {
+              rabbitmqUrl: broker.url,
+              operationTimeout: "1 second"
+            })
+            yield* queue.push("before", 1)
+            yield* broker.stall
+            const [elapsed, stalled] = yield* Effect.timed(Effect.either(queue.push("unconfirmed", 1)))
+            expect(Either.isLeft(stalled) && stalled.left._tag).toBe("QueueError")
+            expect(Either.isLeft(stalled) && stalled.left.message).toMatch(
+              /did not confirm .* may or may not/
+            )
+            expect(Duration.toMillis(elapsed)).toBeGreaterThanOrEqual(900)
+            expect(Duration.toMillis(elapsed)).toBeLessThan(3_000)
+            yield* broker.resume
+            yield* queue.push("after", 1)
+            // The overdue push did reach the broker: "may or may not" means exactly that.
+            expect(yield* drain(queue)).toEqual(["before", "unconfirmed", "after"])
           })
         )
     )
