@@ -142,6 +142,8 @@ export const targets = (results: Results, latencyScenario: string): Array<Target
   ): Target => {
     const ours = get("redis", scenario)
     const r = pairedRatio(ours, get(peer, peerScenario))
+    if (ours === undefined && get(peer, peerScenario) === undefined)
+      return { label, verdict: "not run", measured: "" }
     if (r === undefined) {
       return {
         label,
@@ -153,6 +155,9 @@ export const targets = (results: Results, latencyScenario: string): Array<Target
   }
   const rabbit = (label: string, scenario: string, peerScenario: string, min: number): Target => {
     const r = pairedRatio(get("rabbitmq", scenario), get("amqplib", peerScenario))
+    if (get("rabbitmq", scenario) === undefined && get("amqplib", peerScenario) === undefined) {
+      return { label, verdict: "not run", measured: "" }
+    }
     if (r === undefined) {
       return {
         label,
@@ -183,14 +188,22 @@ export const targets = (results: Results, latencyScenario: string): Array<Target
     ratioTarget("Redis pull+ack, 16 pullers >= 75% of the Lua floor", "queue.c16", "lua", "queue.c16", 0.75),
     {
       label: "Redis p99 push-to-start < 3 ms at 500/s",
-      verdict: p99 === undefined ? "not measured" : p99 < 3 ? "met" : "not met",
+      verdict:
+        latency === undefined ? "not run" : p99 === undefined ? "not measured" : p99 < 3 ? "met" : "not met",
       measured: p99 === undefined ? (statusOf(latency) ?? "—") : `p99 ${ms(p99)}`
     },
     rabbit("RabbitMQ push, batches of 100 >= 80% of bare amqplib", "batch.100", "batch.100", 0.8),
     rabbit("RabbitMQ worker drain, conc. 16 >= 80% of bare amqplib", "worker.c16", "queue.c16", 0.8),
     {
       label: "memory backend >= 100,000 push+pull+ack/s (1 fiber)",
-      verdict: cycleRate === undefined ? "not measured" : cycleRate >= 100_000 ? "met" : "not met",
+      verdict:
+        cycle === undefined
+          ? "not run"
+          : cycleRate === undefined
+            ? "not measured"
+            : cycleRate >= 100_000
+              ? "met"
+              : "not met",
       measured: cycleRate === undefined ? (statusOf(cycle) ?? "—") : `${thousands(cycleRate)}/s`
     }
   ]
