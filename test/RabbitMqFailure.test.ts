@@ -30,7 +30,13 @@ import * as QM from "../src/QueueManager.js"
 import { drain, uniqueQueueName } from "./conformance.js"
 import { describeWithServer, rabbitmqUrl } from "./services.js"
 
-const run = promisify(execFile)
+const exec = promisify(execFile)
+
+/** `rabbitmqctl` on the broker's host; `RABBITMQCTL` overrides (e.g. `docker exec rabbitmq rabbitmqctl`). */
+const rabbitmqctl = (...args: ReadonlyArray<string>) => {
+  const [command, ...prefix] = (process.env.RABBITMQCTL ?? "rabbitmqctl").split(" ")
+  return exec(command!, [...prefix, ...args])
+}
 
 /** A confirm channel of the test's own, closed (with its connection) after `f`. */
 const withChannel = <A>(f: (channel: import("amqplib").ConfirmChannel) => Promise<A>) =>
@@ -54,21 +60,19 @@ const cleanup = (queueName: string) =>
 /** Closes, on the broker, every connection the backend opened for `queueName`; returns how many. */
 const dropConnections = (queueName: string) =>
   Effect.tryPromise(async () => {
-    const { stdout } = await run("rabbitmqctl", [
+    const { stdout } = await rabbitmqctl(
       "-q",
       "list_connections",
       "--no-table-headers",
       "pid",
       "client_properties"
-    ])
+    )
     const needle = `{"connection_name","${RabbitMqQueue.connectionName(queueName)}"}`
     const pids = stdout
       .split("\n")
       .filter((line) => line.includes(needle))
       .map((line) => line.split("\t")[0]!)
-    await Promise.all(
-      pids.map((pid) => run("rabbitmqctl", ["close_connection", pid, "test: connection dropped"]))
-    )
+    await Promise.all(pids.map((pid) => rabbitmqctl("close_connection", pid, "test: connection dropped")))
     return pids.length
   })
 
