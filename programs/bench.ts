@@ -11,9 +11,10 @@
  * See BENCHMARKS.md for what each scenario does and the results.
  */
 
-import { writeFileSync } from "node:fs"
+import { mkdirSync, writeFileSync } from "node:fs"
 import { connect as tcpConnect } from "node:net"
 import { cpus } from "node:os"
+import { resolve } from "node:path"
 import { Effect } from "effect"
 import * as BareAmqp from "./bench/BareAmqp.js"
 import {
@@ -164,6 +165,7 @@ const main = async (options: Options) => {
     rate: options.rate,
     durationSeconds: options.durationSeconds
   }
+  if (options.profile !== undefined) mkdirSync(options.profile, { recursive: true })
   const scenarios = scenariosOf(options)
   const results: Report.Results = new Map()
   const log = (line: string) => process.stderr.write(`${line}\n`)
@@ -194,7 +196,10 @@ const main = async (options: Options) => {
             subject,
             scenario,
             settings,
-            queueName: `${runId}-${subject}-${name}-r${run + 1}`
+            queueName: `${runId}-${subject}-${name}-r${run + 1}`,
+            ...(options.profile === undefined
+              ? {}
+              : { profile: resolve(options.profile, `${subject}-${name}-r${run + 1}.cpuprofile`) })
           }
           outcome = options.inProcess ? await runHere(job) : await runInChild(job, options.timeoutSeconds)
         }

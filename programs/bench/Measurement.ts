@@ -79,6 +79,8 @@ export interface Job {
   readonly settings: Settings
   /** A queue name no other measurement uses; every key and broker queue of the run contains it. */
   readonly queueName: string
+  /** When set, a CPU profile of the timed section is written to this file (`.cpuprofile`). */
+  readonly profile?: string | undefined
 }
 
 /** What one run of one scenario yields; fields absent when they do not apply. */
@@ -166,7 +168,7 @@ export const collectGarbage: Effect.Effect<void> = Effect.sync(() => {
 const mib = (bytes: number) => bytes / (1024 * 1024)
 
 /**
- * Samples the process RSS every 5 ms while `self` runs; adds `rssBeforeMiB` and `rssPeakMiB` to
+ * Samples the process RSS every 25 ms while `self` runs; adds `rssBeforeMiB` and `rssPeakMiB` to
  * its sample.
  */
 export const withPeakRss = <E, R>(self: Effect.Effect<Sample, E, R>): Effect.Effect<Sample, E, R> =>
@@ -177,7 +179,7 @@ export const withPeakRss = <E, R>(self: Effect.Effect<Sample, E, R>): Effect.Eff
       const timer = setInterval(() => {
         const rss = process.memoryUsage.rss()
         if (rss > state.peak) state.peak = rss
-      }, 5)
+      }, 25)
       return { state, timer }
     }),
     ({ state }) =>

@@ -29,6 +29,8 @@ export interface Options {
   readonly timeoutSeconds: number
   /** Count Redis commands per task (INFO commandstats deltas) instead of timing. */
   readonly roundTrips: boolean
+  /** Write a CPU profile of each measurement's timed section into this directory. */
+  readonly profile: string | undefined
   readonly help: boolean
 }
 
@@ -49,7 +51,8 @@ export const usage = `Usage: npx tsx programs/bench.ts [options]
   --rabbitmq-url <url>     default amqp://guest:guest@127.0.0.1:5672 (or RABBITMQ_URL)
   --in-process             no child process per measurement (faster; memory figures less clean)
   --timeout <seconds>      per measurement (default 600)
-  --round-trips            count Redis commands per task (INFO commandstats) instead of timing
+  --round-trips            count Redis commands per task (MONITOR on a private redis-server) instead of timing
+  --profile <dir>          write a CPU profile of each timed section to <dir>/<subject>-<scenario>-r<run>.cpuprofile
   --help
 `
 
@@ -88,6 +91,7 @@ export const parse = (argv: ReadonlyArray<string>): Options => {
       "in-process": { type: "boolean" },
       timeout: { type: "string" },
       "round-trips": { type: "boolean" },
+      profile: { type: "string" },
       help: { type: "boolean" }
     },
     strict: true
@@ -123,6 +127,7 @@ export const parse = (argv: ReadonlyArray<string>): Options => {
     inProcess: values["in-process"] ?? false,
     timeoutSeconds: positive("timeout", values.timeout, 600),
     roundTrips: values["round-trips"] ?? false,
+    profile: values.profile,
     help: values.help ?? false
   }
 }

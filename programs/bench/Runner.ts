@@ -6,6 +6,8 @@
  * @since 0.1.0
  */
 import { fork } from "node:child_process"
+import { writeFileSync } from "node:fs"
+import { Session } from "node:inspector"
 import { fileURLToPath } from "node:url"
 import { Effect, Logger, LogLevel } from "effect"
 import * as BareAmqp from "./BareAmqp.js"
@@ -18,7 +20,8 @@ import {
   type Job,
   type NotAvailable,
   type Outcome,
-  type Sample
+  type Sample,
+  timedSection
 } from "./Measurement.js"
 import * as Ours from "./Ours.js"
 
@@ -46,11 +49,39 @@ const describe = (cause: unknown): string => {
 }
 
 /**
+ * Profiles the timed sections of what runs until `stop` (with the inspector, so start-up,
+ * pre-pushing and clean-up stay out of the profile) and writes the profile to `file`.
+ */
+const profileTimedSections = (file: string) => {
+  const session = new Session()
+  session.connect()
+  const hooks = { ...timedSection }
+  let profiling = false
+  session.post("Profiler.enable")
+  session.post("Profiler.setSamplingInterval", { interval: 200 })
+  timedSection.begin = () => {
+    hooks.begin()
+    if (!profiling) session.post("Profiler.start")
+    profiling = true
+  }
+  timedSection.end = () => {
+    hooks.end()
+    if (!profiling) return
+    profiling = false
+    session.post("Profiler.stop", (error, result) => {
+      if (error === null) writeFileSync(file, JSON.stringify(result.profile))
+      session.disconnect()
+    })
+  }
+}
+
+/**
  * Runs one measurement in this process. Our library logs at Warning and above only (a worker's
  * per-task Info lines would otherwise be timed as console output).
  */
-export const runHere = (job: Job): Promise<Outcome> =>
-  collectGarbage.pipe(
+export const runHere = (job: Job): Promise<Outcome> => {
+  if (job.profile !== undefined) profileTimedSections(job.profile)
+  return collectGarbage.pipe(
     Effect.zipRight(measure(job)),
     Effect.map((sample): Outcome => ({ _tag: "Ok", sample })),
     Effect.catchTags({
@@ -65,6 +96,7 @@ export const runHere = (job: Job): Promise<Outcome> =>
     Logger.withMinimumLogLevel(LogLevel.Warning),
     Effect.runPromise
   )
+}
 
 const self = fileURLToPath(new URL("../bench.ts", import.meta.url))
 
