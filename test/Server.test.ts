@@ -5,28 +5,37 @@
  */
 import { HttpServer } from "@effect/platform"
 import { describe, expect, it } from "@effect/vitest"
-import { Duration, Effect, Layer, Option } from "effect"
+import { connect } from "amqplib"
+import { Data, Duration, Effect, Layer, Option, Schema } from "effect"
 import { Redis } from "ioredis"
 import * as MemoryQueue from "../layers/MemoryQueue.js"
 import * as MemoryTaskStore from "../layers/MemoryTaskStore.js"
+import * as RabbitMqQueue from "../layers/RabbitMqQueue.js"
 import * as RedisQueue from "../layers/RedisQueue.js"
+import * as RedisTaskStore from "../layers/RedisTaskStore.js"
+import * as Topology from "../layers/rabbitmq/Topology.js"
 import { serverLayer, serverUrl } from "../programs/server.js"
 import { QueueError } from "../src/Errors.js"
+import * as Pipeline from "../src/Pipeline.js"
 import { QueueManager } from "../src/QueueManager.js"
 import { maxDataBytes } from "../src/Task.js"
 import { TaskStore } from "../src/TaskStore.js"
+import { TaskWorker } from "../src/TaskWorker.js"
 import { uniqueQueueName } from "./conformance.js"
-import { describeWithServer, redisUrl } from "./services.js"
+import { describeWithServer, rabbitmqUrl, redisUrl } from "./services.js"
 
 /** A backend under test: the queue and store layers on a queue name, and how to clean up after. */
 interface Backend {
   readonly name: string
+  /** A push of an id already queued is refused (RabbitMQ cannot tell, and accepts it). */
+  readonly idempotentPush: boolean
   readonly layer: (queueName: string) => Layer.Layer<QueueManager | TaskStore, QueueError>
   readonly cleanup: (queueName: string) => Effect.Effect<void>
 }
 
 const memory: Backend = {
   name: "memory",
+  idempotentPush: true,
   layer: (queueName) => Layer.merge(MemoryQueue.layer({ queueName }), MemoryTaskStore.layer()),
   cleanup: () => Effect.void
 }
@@ -52,8 +61,32 @@ const cleanupRedis = (queueName: string) =>
 
 const redis: Backend = {
   name: "redis",
-  layer: (queueName) => Layer.merge(RedisQueue.layer({ queueName, redisUrl }), MemoryTaskStore.layer()),
+  idempotentPush: true,
+  layer: (queueName) =>
+    Layer.merge(RedisQueue.layer({ queueName, redisUrl }), RedisTaskStore.layer({ queueName, redisUrl })),
   cleanup: cleanupRedis
+}
+
+/** Deletes every queue the RabbitMQ backend may have declared for the queue. */
+const cleanupRabbitMq = (queueName: string) =>
+  Effect.promise(async () => {
+    const connection = await connect(rabbitmqUrl)
+    connection.on("error", () => {})
+    try {
+      const channel = await connection.createChannel()
+      channel.on("error", () => {})
+      for (const queue of Topology.allQueues(queueName)) await channel.deleteQueue(queue)
+    } finally {
+      await connection.close().catch(() => {})
+    }
+  })
+
+/** RabbitMQ with the store it gets by default (memory: `TASK_STORE` defaults to redis only on Redis). */
+const rabbitmq: Backend = {
+  name: "rabbitmq",
+  idempotentPush: false,
+  layer: (queueName) => Layer.merge(RabbitMqQueue.layer({ queueName, rabbitmqUrl }), MemoryTaskStore.layer()),
+  cleanup: cleanupRabbitMq
 }
 
 /** What a response looked like to a client. */
@@ -121,6 +154,51 @@ const withApi = <A, E>(
     Effect.ensuring(backend.cleanup(queueName))
   )
 }
+
+/** A failure of the test pipeline. */
+class Boom extends Data.TaggedError("Boom")<{ readonly message: string }> {}
+
+/**
+ * The pipeline the worker runs in these tests: doubles `n`, failing while the task's id is in
+ * `failing` (a test removes it to let a retried dead letter succeed).
+ */
+const makePipeline = (failing: Set<string>) =>
+  Pipeline.make({
+    name: "double",
+    schema: Schema.Struct({ n: Schema.Number }),
+    run: ({ n }, message) =>
+      failing.has(message.taskId)
+        ? Effect.fail(new Boom({ message: `cannot double ${n}` }))
+        : Effect.succeed({ doubled: n * 2 })
+  })
+
+/** As {@link withApi}, with a worker running the test pipeline on the same queue and store. */
+const withApiAndWorker = <A, E>(
+  backend: Backend,
+  failing: Set<string>,
+  f: (api: Client, queueName: string) => Effect.Effect<A, E, QueueManager | TaskStore>
+) => {
+  const queueName = uniqueQueueName(`e2e-${backend.name}`)
+  const services = backend.layer(queueName)
+  const worker = Layer.scopedDiscard(TaskWorker.start).pipe(
+    Layer.provide(TaskWorker.layer({ concurrency: 2, maxAttempts: 2, backoff: () => "20 millis" })),
+    Layer.provide(Pipeline.Pipeline.layer(makePipeline(failing)))
+  )
+  return withServer(Layer.merge(services, worker.pipe(Layer.provide(services))), (api) =>
+    f(api, queueName)
+  ).pipe(Effect.ensuring(backend.cleanup(queueName)))
+}
+
+/** Polls a task's record until its status is one of `statuses` (10 seconds at most). */
+const awaitStatus = (api: Client, taskId: string, ...statuses: ReadonlyArray<string>) =>
+  Effect.gen(function* () {
+    for (let i = 0; i < 200; i++) {
+      const record = yield* api.get(`/tasks/${encodeURIComponent(taskId)}`)
+      if (record.status === 200 && statuses.includes(record.json.status)) return record.json
+      yield* Effect.sleep("50 millis")
+    }
+    return yield* Effect.dieMessage(`task ${taskId} never reached ${statuses.join(" or ")}`)
+  })
 
 const meeting = { audio_files: ["samples/standup.wav"], meeting_type: "standup" }
 
@@ -280,18 +358,20 @@ const apiSuite = (backend: Backend) => {
     )
   )
 
-  it.live("409 for a task already on the queue though unknown to the store; nothing is recorded", () =>
-    withApi(backend, (api) =>
-      Effect.gen(function* () {
-        const queue = yield* QueueManager
-        expect(yield* queue.push("direct", { x: 1 }, 3)).toBe(true)
-        const reply = yield* api.post("/tasks", { task_id: "direct", data: 1 })
-        expect(reply.status).toBe(409)
-        expect(reply.json.message).toMatch(/already queued or running/)
-        expect((yield* api.get("/tasks/direct")).status).toBe(404)
-        expect((yield* api.get("/queue")).json.pending).toBe(1)
-      })
-    )
+  it.live.skipIf(!backend.idempotentPush)(
+    "409 for a task already on the queue though unknown to the store; nothing is recorded",
+    () =>
+      withApi(backend, (api) =>
+        Effect.gen(function* () {
+          const queue = yield* QueueManager
+          expect(yield* queue.push("direct", { x: 1 }, 3)).toBe(true)
+          const reply = yield* api.post("/tasks", { task_id: "direct", data: 1 })
+          expect(reply.status).toBe(409)
+          expect(reply.json.message).toMatch(/already queued or running/)
+          expect((yield* api.get("/tasks/direct")).status).toBe(404)
+          expect((yield* api.get("/queue")).json.pending).toBe(1)
+        })
+      )
   )
 
   it.live("every kind of bad submission gets its status and a readable reason, and changes nothing", () =>
@@ -467,9 +547,76 @@ const apiSuite = (backend: Backend) => {
   )
 }
 
-describe("API on memory", () => apiSuite(memory))
+/** A task followed from its submission to its outcome, with a worker running beside the API. */
+const endToEndSuite = (backend: Backend) => {
+  it.live("a task goes from 202 to COMPLETED with its result", () =>
+    withApiAndWorker(backend, new Set(), (api) =>
+      Effect.gen(function* () {
+        const accepted = yield* api.post("/tasks", { task_id: "ok-1", data: { n: 21 }, priority: 8 })
+        expect(accepted.status).toBe(202)
+        const record = yield* awaitStatus(api, "ok-1", "COMPLETED", "FAILED")
+        expect(record).toMatchObject({
+          task_id: "ok-1",
+          status: "COMPLETED",
+          attempts: 1,
+          result: { doubled: 42 }
+        })
+        expect(record.updated_at).toBeGreaterThanOrEqual(record.created_at)
+        expect((yield* api.get("/queue")).json).toMatchObject({ pending: 0, in_flight: 0, dead: 0 })
+        // Its id stays known while its record is kept.
+        expect((yield* api.post("/tasks", { task_id: "ok-1", data: { n: 1 } })).status).toBe(409)
+      })
+    )
+  )
 
-await describeWithServer("Redis", redisUrl, "API on Redis", () => apiSuite(redis))
+  it.live("a failing task ends FAILED with its error, dead-lettered; retried, it runs again", () => {
+    const failing = new Set(["flaky"])
+    return withApiAndWorker(backend, failing, (api) =>
+      Effect.gen(function* () {
+        expect((yield* api.post("/tasks", { task_id: "flaky", data: { n: 5 } })).status).toBe(202)
+        const failed = yield* awaitStatus(api, "flaky", "FAILED", "COMPLETED")
+        expect(failed).toMatchObject({ status: "FAILED", attempts: 2 })
+        expect(failed.error).toMatch(/cannot double 5/)
+        expect(failed).not.toHaveProperty("result")
+        const dead = yield* api.get("/queue/dead")
+        expect(dead.json).toEqual([expect.objectContaining({ task_id: "flaky", data: { n: 5 } })])
+        expect(dead.json[0].error).toMatch(/cannot double 5/)
+
+        failing.delete("flaky")
+        expect((yield* api.post("/queue/dead/flaky/retry")).status).toBe(202)
+        const completed = yield* awaitStatus(api, "flaky", "COMPLETED")
+        expect(completed).toMatchObject({ status: "COMPLETED", result: { doubled: 10 } })
+        expect((yield* api.get("/queue")).json).toMatchObject({ pending: 0, dead: 0 })
+      })
+    )
+  })
+
+  it.live("data the pipeline cannot decode fails at once, not retried", () =>
+    withApiAndWorker(backend, new Set(), (api) =>
+      Effect.gen(function* () {
+        expect((yield* api.post("/tasks", { task_id: "bad-data", data: { n: "x" } })).status).toBe(202)
+        const failed = yield* awaitStatus(api, "bad-data", "FAILED", "COMPLETED")
+        expect(failed).toMatchObject({ status: "FAILED", attempts: 1 })
+        expect(failed.error).toMatch(/invalid task data/)
+      })
+    )
+  )
+}
+
+describe("API on memory", () => {
+  apiSuite(memory)
+  endToEndSuite(memory)
+})
+
+await describeWithServer("Redis", redisUrl, "API on Redis", () => {
+  apiSuite(redis)
+  endToEndSuite(redis)
+})
+
+await describeWithServer("RabbitMQ", rabbitmqUrl, "API on RabbitMQ", () => {
+  apiSuite(rabbitmq)
+  endToEndSuite(rabbitmq)
+})
 
 /** A queue whose every operation fails, as one whose server is down. */
 const brokenQueue = (queueName: string) =>
