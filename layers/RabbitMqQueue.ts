@@ -699,16 +699,24 @@ export const makeBackend = (
         out.length = 0
       })
 
-    /** Runs the redelivered ones through `bump`; keeps the rest. */
+    /**
+     * Runs the redelivered ones through `bump`, one at a time, each leaving `out` once bumped:
+     * interrupted midway, the claim still gives back the rest.
+     */
     const bumpRedelivered = (out: Array<Held>) =>
-      Effect.gen(function* () {
-        const redelivered = out.filter((held) => held.message.fields.redelivered)
-        if (redelivered.length === 0) return
-        const kept = out.filter((held) => !held.message.fields.redelivered)
-        out.length = 0
-        out.push(...kept)
-        yield* Effect.forEach(redelivered, bump, { discard: true })
-      })
+      Effect.forEach(
+        out.filter((held) => held.message.fields.redelivered),
+        (held) =>
+          Effect.uninterruptible(
+            Effect.zipRight(
+              bump(held),
+              Effect.sync(() => {
+                out.splice(out.indexOf(held), 1)
+              })
+            )
+          ),
+        { discard: true }
+      )
 
     const toLease = (held: Held): RawLease => ({
       id: held.id,
