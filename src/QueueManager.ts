@@ -184,13 +184,17 @@ export const make = (options: {
   const { backend, queueName } = options
   const leaseMillis = Duration.toMillis(options.leaseDuration)
   const attributes = { "queue.name": queueName, "queue.backend": backend.kind }
+  // Spans without call-site stack traces: capturing one costs more than a memory-backend operation.
+  const span = (name: string, taskId?: string) =>
+    Effect.withSpan(name, {
+      attributes: taskId === undefined ? attributes : { ...attributes, "task.id": taskId },
+      captureStackTrace: false
+    })
 
   const delivery = (lease: RawLease, message: TaskMessage): Delivery => ({
     message,
     token: lease.token,
-    ack: backend
-      .ack(lease.id, lease.token)
-      .pipe(Effect.withSpan("QueueManager.ack", { attributes: { ...attributes, "task.id": lease.id } })),
+    ack: backend.ack(lease.id, lease.token).pipe(span("QueueManager.ack", lease.id)),
     nack: (nack) =>
       backend
         .nack(lease.id, lease.token, {
@@ -198,7 +202,7 @@ export const make = (options: {
           delayMillis: nack?.delay === undefined ? 0 : Duration.toMillis(nack.delay),
           error: nack?.error
         })
-        .pipe(Effect.withSpan("QueueManager.nack", { attributes: { ...attributes, "task.id": lease.id } })),
+        .pipe(span("QueueManager.nack", lease.id)),
     extend: (duration) =>
       backend.extend(
         lease.id,
@@ -207,16 +211,15 @@ export const make = (options: {
       )
   })
 
-  const pushBatch = Effect.fn("QueueManager.pushBatch", { attributes })(function* (tasks: Iterable<NewTask>) {
+  const offer = Effect.fnUntraced(function* (tasks: Iterable<NewTask>) {
     const now = yield* Clock.currentTimeMillis
     const raw: Array<RawTask> = []
     for (const task of tasks) raw.push(yield* encodeTask(task, now))
-    yield* Effect.annotateCurrentSpan("batch.size", raw.length)
     if (raw.length === 0) return []
     return yield* backend.offer(raw)
   })
 
-  const pullBatch = Effect.fn("QueueManager.pullBatch", { attributes })(function* (
+  const claim = Effect.fnUntraced(function* (
     max: number,
     timeout: Duration.DurationInput = Duration.seconds(1)
   ) {
@@ -247,24 +250,24 @@ export const make = (options: {
   return {
     queueName,
     backend: backend.kind,
-    push: Effect.fn("QueueManager.push", { attributes })(function* (
-      taskId: string,
-      data: unknown,
-      priority?: number
-    ) {
-      yield* Effect.annotateCurrentSpan("task.id", taskId)
-      const [accepted] = yield* pushBatch([{ taskId, data, priority }])
-      return accepted!
-    }),
-    pushBatch,
-    pull: (timeout) => pullBatch(1, timeout).pipe(Effect.map((ds) => Option.fromNullable(ds[0]))),
-    pullBatch,
+    push: (taskId, data, priority) =>
+      offer([{ taskId, data, priority }]).pipe(
+        Effect.map((accepted) => accepted[0]!),
+        span("QueueManager.push", taskId)
+      ),
+    pushBatch: (tasks) => offer(tasks).pipe(span("QueueManager.pushBatch")),
+    pull: (timeout) =>
+      claim(1, timeout).pipe(
+        Effect.map((ds) => Option.fromNullable(ds[0])),
+        span("QueueManager.pull")
+      ),
+    pullBatch: (max, timeout) => claim(max, timeout).pipe(span("QueueManager.pullBatch")),
     length: backend.stats.pipe(
       Effect.map((s) => s.pending + s.delayed),
-      Effect.withSpan("QueueManager.length", { attributes })
+      span("QueueManager.length")
     ),
-    clear: backend.clear.pipe(Effect.withSpan("QueueManager.clear", { attributes })),
-    stats: backend.stats.pipe(Effect.withSpan("QueueManager.stats", { attributes })),
+    clear: backend.clear.pipe(span("QueueManager.clear")),
+    stats: backend.stats.pipe(span("QueueManager.stats")),
     deadLetters: (limit = 100) =>
       backend.deadLetters(limit).pipe(
         Effect.map((letters) =>
@@ -280,12 +283,9 @@ export const make = (options: {
             })
           )
         ),
-        Effect.withSpan("QueueManager.deadLetters", { attributes })
+        span("QueueManager.deadLetters")
       ),
-    retryDead: (taskId) =>
-      backend
-        .retryDead(taskId)
-        .pipe(Effect.withSpan("QueueManager.retryDead", { attributes: { ...attributes, "task.id": taskId } }))
+    retryDead: (taskId) => backend.retryDead(taskId).pipe(span("QueueManager.retryDead", taskId))
   }
 }
 
