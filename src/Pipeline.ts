@@ -67,6 +67,18 @@ export interface PipelineService {
   readonly name: string
   /** Decodes the data, runs the pipeline and checks that the result is JSON. */
   readonly run: (message: TaskMessage) => Effect.Effect<JsonValue, TaskFailed>
+  /**
+   * The same run before its requirements are provided, with the context that provides them: a
+   * runner serving many tasks provides `context` once around all of them, where `run` provides it
+   * on every call (a context merge per task).
+   */
+  readonly unprovided?: UnprovidedRun | undefined
+}
+
+/** A pipeline's run without its requirements, and the context that provides them. */
+export interface UnprovidedRun {
+  readonly context: Context.Context<unknown>
+  readonly run: (message: TaskMessage) => Effect.Effect<JsonValue, TaskFailed, unknown>
 }
 
 /** The `Pipeline` service the worker runs. */
@@ -75,47 +87,49 @@ export class Pipeline extends Context.Tag("effect-task-queue/Pipeline")<Pipeline
   static layer = <I, A, E, R>(definition: Definition<I, A, E, R>): Layer.Layer<Pipeline, never, R> =>
     Layer.effect(
       Pipeline,
-      Effect.map(Effect.context<R>(), (context) => {
+      Effect.map(Effect.context<R>(), (context): PipelineService => {
         const decode = Schema.decodeUnknown(definition.schema)
         const name = definition.name ?? "pipeline"
+        const unprovided = (message: TaskMessage) =>
+          decode(message.data).pipe(
+            Effect.mapError(
+              (error) =>
+                new TaskFailed({
+                  message: `invalid task data: ${ParseResult.TreeFormatter.formatErrorSync(error)}`,
+                  permanent: true,
+                  cause: new InvalidTaskData({ taskId: message.taskId, message: error.message })
+                })
+            ),
+            Effect.flatMap((data) =>
+              definition.run(data, message).pipe(
+                Effect.mapError(
+                  (error) =>
+                    new TaskFailed({
+                      message: describeFailure(error),
+                      permanent: error instanceof UnrecoverableError,
+                      cause: error
+                    })
+                )
+              )
+            ),
+            Effect.flatMap((result) =>
+              result === undefined
+                ? Effect.succeed(null)
+                : isJsonValue(result)
+                  ? Effect.succeed(result)
+                  : Effect.fail(
+                      new TaskFailed({
+                        message: "the pipeline's result is not plain JSON",
+                        permanent: true
+                      })
+                    )
+            )
+          )
         return {
           name,
-          run: (message: TaskMessage) =>
-            decode(message.data).pipe(
-              Effect.mapError(
-                (error) =>
-                  new TaskFailed({
-                    message: `invalid task data: ${ParseResult.TreeFormatter.formatErrorSync(error)}`,
-                    permanent: true,
-                    cause: new InvalidTaskData({ taskId: message.taskId, message: error.message })
-                  })
-              ),
-              Effect.flatMap((data) =>
-                definition.run(data, message).pipe(
-                  Effect.mapError(
-                    (error) =>
-                      new TaskFailed({
-                        message: describeFailure(error),
-                        permanent: error instanceof UnrecoverableError,
-                        cause: error
-                      })
-                  )
-                )
-              ),
-              Effect.flatMap((result) =>
-                result === undefined
-                  ? Effect.succeed(null)
-                  : isJsonValue(result)
-                    ? Effect.succeed(result)
-                    : Effect.fail(
-                        new TaskFailed({
-                          message: "the pipeline's result is not plain JSON",
-                          permanent: true
-                        })
-                      )
-              ),
-              Effect.provide(context)
-            )
+          run: (message: TaskMessage) => Effect.provide(unprovided(message), context),
+          // The service type cannot carry R: the pair is erased to `unknown`, which `context` provides.
+          unprovided: { context: context as Context.Context<unknown>, run: unprovided }
         }
       })
     )

@@ -42,7 +42,13 @@ import {
   type Scope
 } from "effect"
 import type { LeaseLost, QueueError } from "./Errors.js"
-import { describeFailure, Pipeline, type PipelineService, TaskFailed } from "./Pipeline.js"
+import {
+  describeFailure,
+  Pipeline,
+  type PipelineService,
+  TaskFailed,
+  type UnprovidedRun
+} from "./Pipeline.js"
 import { type Delivery, QueueManager, type QueueManagerService } from "./QueueManager.js"
 import type { JsonValue, TaskMessage, TaskRecord } from "./Task.js"
 import { type Outcome, TaskStore, type TaskStoreService } from "./TaskStore.js"
@@ -113,11 +119,14 @@ const outageBackoff = Schedule.exponential("100 millis").pipe(Schedule.union(Sch
 /** A delivery given back because the store failed waits at least this long (when the backoff has ended). */
 const minimumRelease = Duration.seconds(1)
 
-/** Store and queue calls settling a delivery are retried on `QueueError` a few times (about 0.75 s in all). */
-const settleRetry = Schedule.exponential("50 millis").pipe(Schedule.intersect(Schedule.recurs(4)))
+/** After a first `QueueError`, store and queue calls are tried four more times (at once, then after 50, 100, 200 ms). */
+const settleRetry = Schedule.exponential("50 millis").pipe(Schedule.intersect(Schedule.recurs(3)))
 
+const isQueueError = (error: { readonly _tag: string }) => error._tag === "QueueError"
+
+/** `self`, tried again on `QueueError`; the retry machinery is only built once a call has failed. */
 const retryQueueError = <A, E extends { readonly _tag: string }>(self: Effect.Effect<A, E>) =>
-  Effect.retry(self, { schedule: settleRetry, while: (error) => error._tag === "QueueError" })
+  Effect.catchIf(self, isQueueError, () => Effect.retry(self, { schedule: settleRetry, while: isQueueError }))
 
 /** How a run ended, as the worker acts on it. */
 type Verdict =
@@ -197,16 +206,21 @@ const startWorker = (
     const pullErrors = tag(WorkerMetrics.pullErrors)
     const duration = tag(WorkerMetrics.taskDuration)
 
+    // The pipeline's requirements are provided once, to the runtime every task fiber is forked
+    // from, rather than on every run. A pipeline service without them needs nothing: an empty context.
+    const { context, run }: UnprovidedRun = pipeline.unprovided ?? {
+      context: Context.empty() as Context.Context<unknown>,
+      run: pipeline.run
+    }
     const runPipeline = Option.match(options.taskTimeout, {
-      onNone: () => pipeline.run,
+      onNone: () => run,
       onSome: (timeout) => {
         const onTimeout = () =>
           new TaskFailed({
             message: `the task timed out after ${Duration.format(timeout)}`,
             permanent: false
           })
-        return (message: TaskMessage) =>
-          Effect.timeoutFail(pipeline.run(message), { duration: timeout, onTimeout })
+        return (message: TaskMessage) => Effect.timeoutFail(run(message), { duration: timeout, onTimeout })
       }
     })
 
@@ -331,7 +345,7 @@ const startWorker = (
     }
 
     /** Runs one delivery to its end; never fails, and frees its slot when done. */
-    const handle = (delivery: Delivery): Effect.Effect<void> =>
+    const handle = (delivery: Delivery): Effect.Effect<void, never, unknown> =>
       Effect.uninterruptibleMask((restore) =>
         Effect.gen(function* () {
           const message = delivery.message
@@ -342,12 +356,14 @@ const startWorker = (
           const entry: Running = { delivery }
           running.add(entry)
           yield* Metric.increment(started)
+          yield* Effect.logDebug("task started")
           const startedAt = yield* Clock.currentTimeMillis
           const exit = yield* Effect.exit(
             restore(
               runPipeline(message).pipe(
                 Effect.withSpan("TaskWorker.run", {
-                  attributes: { "task.id": message.taskId, "task.attempt": message.attempt }
+                  attributes: { "task.id": message.taskId, "task.attempt": message.attempt },
+                  captureStackTrace: false
                 })
               )
             )
@@ -400,7 +416,7 @@ const startWorker = (
       )
     )
 
-    const fork = yield* FiberSet.runtime(tasks)<never>().pipe(Effect.interruptible)
+    const fork = yield* FiberSet.runtime(tasks)<unknown>().pipe(Effect.provide(context), Effect.interruptible)
 
     const pullLoop = Effect.gen(function* () {
       const outage = yield* Schedule.driver(outageBackoff)
@@ -466,7 +482,12 @@ const startWorker = (
       })
     )
     yield* Effect.logInfo("worker started").pipe(
-      Effect.annotateLogs({ concurrency, maxAttempts, leaseRenewalMs: Duration.toMillis(leaseRenewal) })
+      Effect.annotateLogs({
+        backend: queue.backend,
+        concurrency,
+        maxAttempts,
+        leaseRenewalMs: Duration.toMillis(leaseRenewal)
+      })
     )
   }).pipe(Effect.annotateLogs({ module: "TaskWorker", queue: queue.queueName }))
 
