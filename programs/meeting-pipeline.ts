@@ -14,8 +14,9 @@
  *
  * @since 0.1.0
  */
-import { FileSystem } from "@effect/platform"
+
 import type { PlatformError } from "@effect/platform/Error"
+import * as FileSystem from "@effect/platform/FileSystem"
 import { Data, Effect, type Layer, Option, Schema } from "effect"
 import * as Pipeline from "../src/Pipeline.js"
 
