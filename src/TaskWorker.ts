@@ -148,12 +148,18 @@ const validate = (options: TaskWorkerOptions) => {
   if (!Number.isInteger(maxAttempts) || maxAttempts < 1) {
     return Effect.dieMessage(`TaskWorker: maxAttempts must be a positive integer, got ${maxAttempts}`)
   }
+  const leaseRenewal = Duration.decode(options.leaseRenewal ?? defaults.leaseRenewal)
+  if (!Duration.greaterThan(leaseRenewal, Duration.zero)) {
+    return Effect.dieMessage(
+      `TaskWorker: leaseRenewal must be positive, got ${Duration.format(leaseRenewal)}`
+    )
+  }
   return Effect.succeed({
     concurrency,
     maxAttempts,
     pullTimeout: Duration.decode(options.pullTimeout ?? defaults.pullTimeout),
     maxShutdownWait: Duration.decode(options.maxShutdownWait ?? defaults.maxShutdownWait),
-    leaseRenewal: Duration.decode(options.leaseRenewal ?? defaults.leaseRenewal),
+    leaseRenewal,
     taskTimeout: Option.map(Option.fromNullable(options.taskTimeout), Duration.decode),
     backoff: options.backoff ?? defaultBackoff
   })
@@ -180,12 +186,6 @@ const backoffDelay = (backoff: Backoff, attempt: number): Effect.Effect<Option.O
     }
     return Option.some(delay)
   })
-}
-
-const describeCause = (cause: Cause.Cause<unknown>): string => {
-  const failure = Cause.failureOption(cause)
-  if (Option.isSome(failure)) return describeFailure(failure.value)
-  return `defect: ${describeFailure(Cause.squash(cause))}`
 }
 
 const startWorker = (
@@ -331,15 +331,13 @@ const startWorker = (
     const verdictOf = (exit: Exit.Exit<JsonValue, TaskFailed>, attempt: number): Verdict => {
       if (Exit.isSuccess(exit)) return { _tag: "Completed", result: exit.value }
       const cause = exit.cause
-      if (Cause.isInterruptedOnly(cause)) {
-        return deadlinePassed
-          ? { _tag: "Failed", error: shutdownTimeout }
-          : attempt >= maxAttempts
-            ? { _tag: "Failed", error: "the task was interrupted" }
-            : { _tag: "Retry", error: "the task was interrupted" }
-      }
+      if (deadlinePassed && Cause.isInterruptedOnly(cause)) return { _tag: "Failed", error: shutdownTimeout }
       const failure = Cause.failureOption(cause)
-      const error = Option.isSome(failure) ? failure.value.message : describeCause(cause)
+      const error = Option.isSome(failure)
+        ? failure.value.message
+        : Cause.isInterruptedOnly(cause)
+          ? "the task was interrupted"
+          : `defect: ${describeFailure(Cause.squash(cause))}`
       const permanent = Option.isSome(failure) && failure.value.permanent
       return permanent || attempt >= maxAttempts ? { _tag: "Failed", error } : { _tag: "Retry", error }
     }
@@ -371,7 +369,7 @@ const startWorker = (
           running.delete(entry)
           const durationMillis = (yield* Clock.currentTimeMillis) - startedAt
           yield* Metric.update(duration, durationMillis)
-          if (Exit.isFailure(exit) && !Cause.isInterruptedOnly(exit.cause) && Cause.isDie(exit.cause)) {
+          if (Exit.isFailure(exit) && Cause.isDie(exit.cause)) {
             yield* Effect.logWarning("the pipeline died", exit.cause)
           }
           yield* settle(delivery, verdictOf(exit, message.attempt), durationMillis)
@@ -381,7 +379,7 @@ const startWorker = (
           Cause.isInterruptedOnly(cause) && deadlinePassed
             ? Effect.void
             : Effect.logError(
-                "unexpected failure while handling a task: its lease will expire and it will come back",
+                "unexpected failure while handling a task: unless it was settled, it comes back when its lease expires",
                 cause
               )
         ),
