@@ -71,7 +71,8 @@ const withQueue = <A, E>(f: (queueName: string) => Effect.Effect<A, E, QueueMana
   return f(queueName).pipe(
     Effect.provide(
       Layer.merge(
-        RedisQueue.layer({ queueName, redisUrl }),
+        // A task the test holds stays in flight however slowly the CLI processes start.
+        RedisQueue.layer({ queueName, redisUrl, leaseDuration: "10 minutes" }),
         TaskStore.layer({ backend: "redis", queueName, redisUrl })
       )
     ),

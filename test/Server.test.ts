@@ -33,10 +33,13 @@ interface Backend {
   readonly cleanup: (queueName: string) => Effect.Effect<void>
 }
 
+/** Tasks a test holds stay in flight for the whole test, however loaded the machine. */
+const leaseDuration = "10 minutes"
+
 const memory: Backend = {
   name: "memory",
   idempotentPush: true,
-  layer: (queueName) => Layer.merge(MemoryQueue.layer({ queueName }), MemoryTaskStore.layer()),
+  layer: (queueName) => Layer.merge(MemoryQueue.layer({ queueName, leaseDuration }), MemoryTaskStore.layer()),
   cleanup: () => Effect.void
 }
 
@@ -63,7 +66,10 @@ const redis: Backend = {
   name: "redis",
   idempotentPush: true,
   layer: (queueName) =>
-    Layer.merge(RedisQueue.layer({ queueName, redisUrl }), RedisTaskStore.layer({ queueName, redisUrl })),
+    Layer.merge(
+      RedisQueue.layer({ queueName, redisUrl, leaseDuration }),
+      RedisTaskStore.layer({ queueName, redisUrl })
+    ),
   cleanup: cleanupRedis
 }
 
@@ -85,7 +91,8 @@ const cleanupRabbitMq = (queueName: string) =>
 const rabbitmq: Backend = {
   name: "rabbitmq",
   idempotentPush: false,
-  layer: (queueName) => Layer.merge(RabbitMqQueue.layer({ queueName, rabbitmqUrl }), MemoryTaskStore.layer()),
+  layer: (queueName) =>
+    Layer.merge(RabbitMqQueue.layer({ queueName, rabbitmqUrl, leaseDuration }), MemoryTaskStore.layer()),
   cleanup: cleanupRabbitMq
 }
 
