@@ -70,7 +70,11 @@ export interface TaskWorkerOptions {
   readonly pullTimeout?: Duration.DurationInput | undefined
   /** On shutdown, how long running tasks may still take before they are interrupted; default 300 seconds. */
   readonly maxShutdownWait?: Duration.DurationInput | undefined
-  /** How many times a task runs before it is recorded FAILED and dead-lettered; default 3. */
+  /**
+   * How many times a task runs before it is recorded FAILED and dead-lettered; default 3. A
+   * delivery past this (the earlier ones ended without an outcome: their worker died) is recorded
+   * FAILED and dead-lettered without running.
+   */
   readonly maxAttempts?: number | undefined
   /** The delay before each retry; default {@link defaultBackoff} (1 s, 2 s, 4 s, ... capped at 1 minute). */
   readonly backoff?: Backoff | undefined
@@ -109,6 +113,10 @@ export interface TaskWorkerService {
   /** Starts the worker and runs until interrupted, then shuts it down gracefully: for programs. */
   readonly run: Effect.Effect<never>
 }
+
+/** The reason recorded for a task whose deliveries all ended without an outcome, up to `maxAttempts`. */
+export const stalled = (attempts: number) =>
+  `gave up after ${attempts} attempts that ended without an outcome (the worker died or lost the lease)`
 
 /** The reason recorded for tasks still running when the shutdown deadline passes. */
 export const shutdownTimeout = "shutdown timeout"
@@ -351,6 +359,11 @@ const startWorker = (
           const begun = yield* retryQueueError(store.start(message.taskId, lease)).pipe(Effect.either)
           if (Either.isLeft(begun)) return yield* release(delivery, "could not record the task's start")
           if (begun.right._tag === "Finished") return yield* settleFinished(delivery, begun.right.record)
+          if (message.attempt > maxAttempts) {
+            // Every earlier delivery ended without an outcome (its worker died or lost the lease):
+            // a task that keeps killing its workers is not handed to another one forever.
+            return yield* settle(delivery, { _tag: "Failed", error: stalled(message.attempt - 1) }, 0)
+          }
           const entry: Running = { delivery }
           running.add(entry)
           yield* Metric.increment(started)

@@ -196,6 +196,32 @@ describe("TaskWorker", () => {
   })
 
   it.scoped(
+    "a delivery past maxAttempts whose earlier holders all died is dead-lettered without running",
+    () => {
+      const probe = new Probe()
+      return Effect.gen(function* () {
+        const queue = yield* QM.QueueManager
+        yield* queue.push("poison", {})
+        // Three holders that vanish without an outcome: their leases end, the task comes back.
+        for (let i = 1; i <= 3; i++) {
+          const delivery = Option.getOrThrow(yield* queue.pull(Duration.zero))
+          expect(delivery.message.attempt).toBe(i)
+          yield* delivery.extend(Duration.zero)
+        }
+        yield* TaskWorker.start
+        yield* untilEffect(statusIs("poison", "FAILED"))
+        expect(probe.runs).toEqual([])
+        const record = yield* recordOf("poison")
+        expect(record.attempts).toBe(4)
+        expect(record.error).toMatch(/^gave up after 3 attempts that ended without an outcome/)
+        const [letter] = yield* Effect.flatMap(QM.QueueManager, (q) => q.deadLetters())
+        expect(letter?.taskId).toBe("poison")
+        expect(letter?.error).toBe(record.error)
+      }).pipe(Effect.provide(env(probe, { worker: { maxAttempts: 3 } })))
+    }
+  )
+
+  it.scoped(
     "retries after the default backoff (1 s, then 2 s): failing twice then succeeding ends COMPLETED, attempts 3",
     () => {
       const probe = new Probe()
