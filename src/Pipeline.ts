@@ -83,6 +83,9 @@ export interface UnprovidedRun {
 
 /** The `Pipeline` service the worker runs. */
 export class Pipeline extends Context.Tag("effect-task-queue/Pipeline")<Pipeline, PipelineService>() {
+  /** Builds a pipeline (see {@link make}): `Pipeline.make({ schema, run })`. */
+  static make = make
+
   /** Provides a pipeline as the `Pipeline` service; its requirements come from the layer's context, once. */
   static layer = <I, A, E, R>(definition: Definition<I, A, E, R>): Layer.Layer<Pipeline, never, R> =>
     Layer.effect(
