@@ -100,7 +100,8 @@ const connect = (
   url: Redacted.Redacted,
   name: string,
   timeouts: { readonly connect: number; readonly command: number },
-  close: "quit" | "disconnect"
+  close: "quit" | "disconnect",
+  autoPipelining: boolean
 ): Effect.Effect<Connection, QueueError, Scope.Scope> =>
   Effect.gen(function* () {
     const where = hostOf(Redacted.value(url))
@@ -114,6 +115,9 @@ const connect = (
       enableOfflineQueue: false,
       autoResendUnfulfilledCommands: false,
       maxRetriesPerRequest: 1,
+      // Calls issued in the same event-loop turn leave in one write (one round trip); each
+      // caller still gets its own reply.
+      enableAutoPipelining: autoPipelining,
       connectTimeout: timeouts.connect,
       commandTimeout: timeouts.command,
       retryStrategy
@@ -234,12 +238,13 @@ export const makeBackend = (
 
     const [commands, blocking] = yield* Effect.all(
       [
-        connect(url, `${names}cmd`, { connect: connectMillis, command: commandMillis }, "quit"),
+        connect(url, `${names}cmd`, { connect: connectMillis, command: commandMillis }, "quit", true),
         connect(
           url,
           `${names}block`,
           { connect: connectMillis, command: blockSeconds * 1000 + commandMillis },
-          "disconnect"
+          "disconnect",
+          false
         )
       ],
       { concurrency: 2 }
