@@ -22,6 +22,7 @@
  * @since 0.1.0
  */
 import {
+  Array as Arr,
   Cause,
   Clock,
   Config,
@@ -35,6 +36,7 @@ import {
   FiberSet,
   Layer,
   Metric,
+  MetricLabel,
   Option,
   Schedule,
   ScheduleDecision,
@@ -204,8 +206,18 @@ const startWorker = (
 ): Effect.Effect<void, never, Scope.Scope> =>
   Effect.gen(function* () {
     const { backoff, concurrency, leaseRenewal, maxAttempts, maxShutdownWait, pullTimeout } = options
-    const tag = <Type, In, Out>(metric: Metric.Metric<Type, In, Out>) =>
-      Metric.tagged(metric, "queue", queue.queueName)
+    // `Metric.tagged`, with one label array for every update: the metric registry caches its
+    // hook by that array, where `Metric.tagged` builds (and hashes) a new key on each update.
+    const labels = [MetricLabel.make("queue", queue.queueName)]
+    const withLabels = (extra: ReadonlyArray<MetricLabel.MetricLabel>) =>
+      extra.length === 0 ? labels : Arr.union(labels, extra)
+    const tag = <Type, In, Out>(metric: Metric.Metric<Type, In, Out>): Metric.Metric<Type, In, Out> =>
+      Metric.make(
+        metric.keyType,
+        (input, extra) => metric.unsafeUpdate(input, withLabels(extra)),
+        (extra) => metric.unsafeValue(withLabels(extra)),
+        (input, extra) => metric.unsafeModify(input, withLabels(extra))
+      )
     const started = tag(WorkerMetrics.tasksStarted)
     const completed = tag(WorkerMetrics.tasksCompleted)
     const retried = tag(WorkerMetrics.tasksRetried)
