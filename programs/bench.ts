@@ -234,6 +234,7 @@ const main = async (options: Options) => {
     Report.render(results, options.subjects, throughputScenarios, latencyScenario),
     "",
     "### Targets of the issue",
+    "",
     Report.renderTargets(targets),
     "",
     left.length === 0

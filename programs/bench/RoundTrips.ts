@@ -7,10 +7,13 @@
  * counted (by server timestamp), so connection set-up, pre-pushing and clean-up are left out.
  * Socket writes of this process to that Redis during the section are counted too: a pipeline of
  * several commands is one write, so writes per task is the client's side of the round trips.
+ * Each scenario first runs once without MONITOR (which costs Redis CPU) to read the CPU time
+ * redis-server spent in the timed section (`/proc/<pid>/stat`, 10 ms ticks).
  *
  * @since 0.1.0
  */
 import { spawn } from "node:child_process"
+import { readFileSync } from "node:fs"
 import { createServer, Socket } from "node:net"
 import { Redis } from "ioredis"
 import { type Job, type Scenario, type Subject, scenarioName, supports, timedSection } from "./Measurement.js"
@@ -57,6 +60,7 @@ const privateRedis = async () => {
   return {
     url,
     port,
+    pid: server.pid!,
     stop: async () => {
       server.kill("SIGTERM")
       await exited
@@ -78,11 +82,23 @@ interface Count {
   readonly clientCommands: number
   readonly luaCommands: number
   readonly writes: number
+  /** CPU time of redis-server per task (a second run, without MONITOR), µs. */
+  readonly serverCpuUs: number | undefined
   readonly breakdown: string
   readonly luaBreakdown: string
 }
 
 const wallClockMs = () => performance.timeOrigin + performance.now()
+
+/** CPU time (user + system) a process has used, µs, from `/proc` (Linux; clock ticks of 10 ms). */
+const processCpuUs = (pid: number): number | undefined => {
+  try {
+    const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ")
+    return (Number(fields[11]) + Number(fields[12])) * 10_000
+  } catch {
+    return undefined
+  }
+}
 
 const breakdownOf = (events: ReadonlyArray<Executed>, n: number, top: number) => {
   const perCommand = new Map<string, number>()
@@ -101,17 +117,24 @@ export const main = async (options: Options): Promise<void> => {
   const kinds = options.kinds.filter((k) => k === "push" || k === "batch" || k === "queue" || k === "worker")
   const redis = await privateRedis()
   process.stderr.write(`round trips: private redis-server at ${redis.url}, N = ${n}\n`)
-  const monitorClient = new Redis(redis.url)
-  monitorClient.on("error", () => {})
-  const monitor = await monitorClient.monitor()
   let executed: Array<Executed> = []
-  monitor.on("monitor", (time: string, args: Array<string>, source: string) => {
-    executed.push({
-      time: Number(time) * 1000,
-      command: String(args[0]).toLowerCase(),
-      fromLua: source === "lua"
+  const startMonitor = async () => {
+    const client = new Redis(redis.url)
+    client.on("error", () => {})
+    const monitor = await client.monitor()
+    monitor.on("monitor", (time: string, args: Array<string>, source: string) => {
+      executed.push({
+        time: Number(time) * 1000,
+        command: String(args[0]).toLowerCase(),
+        fromLua: source === "lua"
+      })
     })
-  })
+    return () => {
+      monitor.disconnect()
+      client.disconnect()
+    }
+  }
+  let serverCpu = { begin: 0 as number | undefined, end: 0 as number | undefined }
   let open = false
   let writes = 0
   let window = { begin: 0, end: 0 }
@@ -124,10 +147,12 @@ export const main = async (options: Options): Promise<void> => {
     writes = 0
     open = true
     window = { begin: wallClockMs(), end: Number.POSITIVE_INFINITY }
+    serverCpu = { begin: processCpuUs(redis.pid), end: undefined }
   }
   timedSection.end = () => {
     open = false
     window = { ...window, end: wallClockMs() }
+    serverCpu = { ...serverCpu, end: processCpuUs(redis.pid) }
   }
 
   const counts: Array<Count> = []
@@ -154,9 +179,15 @@ export const main = async (options: Options): Promise<void> => {
             durationSeconds: options.durationSeconds
           }
         }
+        // First without MONITOR (which costs Redis CPU), for the server's CPU time; then with it.
+        await runHere({ ...job, queueName: `${job.queueName}-cpu` })
+        const { begin, end } = serverCpu
+        const serverCpuUs = begin === undefined || end === undefined ? undefined : (end - begin) / n
         executed = []
+        const stopMonitor = await startMonitor()
         const outcome = await runHere(job)
         await new Promise((r) => setTimeout(r, 300))
+        stopMonitor()
         const inWindow = executed.filter(
           (e) => e.time >= window.begin && e.time <= window.end && e.command !== "monitor"
         )
@@ -168,6 +199,7 @@ export const main = async (options: Options): Promise<void> => {
           clientCommands: client / n,
           luaCommands: (inWindow.length - client) / n,
           writes: writes / n,
+          serverCpuUs,
           breakdown: breakdownOf(
             inWindow.filter((e) => !e.fromLua),
             n,
@@ -183,7 +215,7 @@ export const main = async (options: Options): Promise<void> => {
         process.stderr.write(
           `${subject.padEnd(9)} ${name.padEnd(11)} ${
             outcome._tag === "Ok"
-              ? `${count.clientCommands.toFixed(2)} commands/task (${count.breakdown}), ${count.luaCommands.toFixed(2)} inside Lua, ${count.writes.toFixed(2)} socket writes`
+              ? `${count.clientCommands.toFixed(2)} commands/task (${count.breakdown}), ${count.luaCommands.toFixed(2)} inside Lua, ${count.writes.toFixed(2)} socket writes, redis-server ${count.serverCpuUs?.toFixed(0) ?? "?"} µs CPU`
               : outcome.message
           }\n`
         )
@@ -191,13 +223,19 @@ export const main = async (options: Options): Promise<void> => {
     }
   } finally {
     Socket.prototype.write = originalWrite
-    monitorClient.disconnect()
     await redis.stop()
   }
   const lua = counts.filter((c) => c.status === "ok" && c.luaBreakdown !== "")
   process.stdout.write(
     `### Redis work per task (private redis-server, MONITOR; N = ${n})\n\n${table(
-      ["subject, scenario", "client commands", "which (per task)", "commands inside Lua", "socket writes"],
+      [
+        "subject, scenario",
+        "client commands",
+        "which (per task)",
+        "commands inside Lua",
+        "socket writes",
+        "redis-server CPU"
+      ],
       counts.map((c) =>
         c.status === "ok"
           ? [
@@ -205,9 +243,10 @@ export const main = async (options: Options): Promise<void> => {
               c.clientCommands.toFixed(2),
               c.breakdown,
               c.luaCommands.toFixed(2),
-              c.writes.toFixed(2)
+              c.writes.toFixed(2),
+              c.serverCpuUs === undefined ? "—" : `${c.serverCpuUs.toFixed(0)} µs`
             ]
-          : [`${c.subject} ${c.scenario}`, c.status, "", "", ""]
+          : [`${c.subject} ${c.scenario}`, c.status, "", "", "", ""]
       )
     )}\n\n### Commands run inside Lua scripts, per task\n\n${table(
       ["subject, scenario", "commands inside Lua (per task)"],
