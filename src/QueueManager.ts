@@ -9,6 +9,7 @@ import {
   Config,
   type ConfigError,
   Context,
+  DefaultServices,
   Duration,
   Effect,
   Either,
@@ -16,7 +17,8 @@ import {
   Option,
   ParseResult,
   Redacted,
-  Schema
+  Schema,
+  Tracer
 } from "effect"
 import { InvalidTask, type LeaseLost, QueueError } from "./Errors.js"
 import type { QueueBackend, QueueStats, RawLease, RawTask } from "./QueueBackend.js"
@@ -247,6 +249,9 @@ const decodeLease = (lease: RawLease): Either.Either<TaskMessage, string> => {
   return Either.right(new TaskMessage({ ...body.right, attempt: lease.attempt }, { disableValidation: true }))
 }
 
+/** Effect's default tracer: its spans are never exported, so nothing can observe them. */
+const nativeTracer = Context.get(DefaultServices.liveServices, Tracer.Tracer)
+
 /** Builds the typed `QueueManager` on a backend's raw operations. */
 export const make = (options: {
   readonly queueName: string
@@ -256,12 +261,19 @@ export const make = (options: {
   const { backend, queueName } = options
   const leaseMillis = Duration.toMillis(options.leaseDuration)
   const attributes = { "queue.name": queueName, "queue.backend": backend.kind }
-  // Spans without call-site stack traces: capturing one costs more than a memory-backend operation.
-  const span = (name: string, taskId?: string) =>
-    Effect.withSpan(name, {
-      attributes: taskId === undefined ? attributes : { ...attributes, "task.id": taskId },
-      captureStackTrace: false
-    })
+  // A span costs more than a memory-backend operation, so it is made only when a tracer that
+  // exports spans is installed, and without a call-site stack trace.
+  const span =
+    (name: string, taskId?: string) =>
+    <A, E>(self: Effect.Effect<A, E>): Effect.Effect<A, E> =>
+      Effect.withFiberRuntime((fiber) =>
+        fiber.currentTracer === nativeTracer
+          ? self
+          : Effect.withSpan(self, name, {
+              attributes: taskId === undefined ? attributes : { ...attributes, "task.id": taskId },
+              captureStackTrace: false
+            })
+      )
 
   const delivery = (lease: RawLease, message: TaskMessage): Delivery => ({
     message,

@@ -1,4 +1,6 @@
-import { Effect, Layer } from "effect"
+import { describe, expect, it } from "@effect/vitest"
+import { Effect, Exit, Layer, Option, Tracer } from "effect"
+import * as MemoryQueue from "../layers/MemoryQueue.js"
 import { makeBackend } from "../layers/MemoryQueue.js"
 import type { QueueBackend } from "../src/QueueBackend.js"
 import * as QM from "../src/QueueManager.js"
@@ -21,4 +23,65 @@ conformance({
   plant: (queueName, id, priority, body) =>
     backendFor(queueName, "30 seconds").offer([{ id, priority, body }]),
   cleanup: (queueName) => Effect.sync(() => backends.delete(queueName))
+})
+
+describe("QueueManager spans", () => {
+  /** A tracer that keeps every span it makes (the default tracer's spans, made by Effect's own). */
+  const recording = Effect.map(Effect.tracer, (native) => {
+    const spans: Array<Tracer.Span> = []
+    const tracer = Tracer.make({
+      span: (...args) => {
+        const span = native.span(...args)
+        spans.push(span)
+        return span
+      },
+      context: (f) => f()
+    })
+    return { spans, tracer }
+  })
+
+  it.effect("a public operation is a span under the caller's when a tracer is installed", () =>
+    Effect.gen(function* () {
+      const { spans, tracer } = yield* recording
+      const queue = yield* MemoryQueue.make({ queueName: "traced" })
+      yield* Effect.gen(function* () {
+        yield* queue.push("a", { n: 1 }, 7)
+        const delivery = yield* queue.pull("1 second").pipe(Effect.flatten)
+        yield* delivery.nack()
+        const again = yield* queue.pull("1 second").pipe(Effect.flatten)
+        yield* again.ack
+        yield* queue.stats
+      }).pipe(Effect.withSpan("caller"), Effect.withTracer(tracer))
+      const caller = spans.find((span) => span.name === "caller")!
+      const ours = spans.filter((span) => span !== caller)
+      expect(ours.map((span) => span.name)).toEqual([
+        "QueueManager.push",
+        "QueueManager.pull",
+        "QueueManager.nack",
+        "QueueManager.pull",
+        "QueueManager.ack",
+        "QueueManager.stats"
+      ])
+      for (const span of ours) {
+        expect(Option.getOrUndefined(span.parent)).toBe(caller)
+        expect(span.status._tag).toBe("Ended")
+        expect(span.attributes.get("queue.name")).toBe("traced")
+        expect(span.attributes.get("queue.backend")).toBe("memory")
+      }
+      expect(ours[0]!.attributes.get("task.id")).toBe("a")
+      expect(ours[4]!.attributes.get("task.id")).toBe("a")
+    })
+  )
+
+  it.effect("a failed operation ends its span with the failure", () =>
+    Effect.gen(function* () {
+      const { spans, tracer } = yield* recording
+      const queue = yield* MemoryQueue.make()
+      const error = yield* queue.push("", { n: 1 }).pipe(Effect.flip, Effect.withTracer(tracer))
+      expect(error._tag).toBe("InvalidTask")
+      const [span] = spans
+      expect(span?.name).toBe("QueueManager.push")
+      expect(span?.status._tag === "Ended" && Exit.isFailure(span.status.exit)).toBe(true)
+    })
+  )
 })
