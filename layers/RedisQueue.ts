@@ -35,10 +35,10 @@ import {
   Redacted,
   type Scope
 } from "effect"
-import { Redis, type RedisOptions } from "ioredis"
-import { LeaseLost, QueueError } from "../src/Errors.js"
+import { LeaseLost, type QueueError } from "../src/Errors.js"
 import type { QueueBackend, RawDeadLetter, RawLease, RawNack, RawTask } from "../src/QueueBackend.js"
 import * as QM from "../src/QueueManager.js"
+import * as Connection from "./redis/Connection.js"
 import * as Scripts from "./redis/scripts.js"
 
 /** Options of the Redis backend. */
@@ -67,135 +67,13 @@ export const pendingScore = (priority: number, sequence: number): number =>
   (10 - priority) * Scripts.priorityBand + sequence
 
 /** The `CLIENT SETNAME` prefix of a queue's connections (`etq:<queue>:cmd`, `etq:<queue>:block`). */
-export const connectionNamePrefix = (queueName: string): string =>
-  `etq:${queueName.replace(/[^\x21-\x7e]/g, "_")}:`
+export const connectionNamePrefix = Connection.connectionNamePrefix
 
 /** How long one `BZPOPMIN` blocks before the waiting fiber looks again; short, so none outlives its puller for long. */
 const blockSeconds = 1
 
-const describe = (cause: unknown) => (cause instanceof Error ? cause.message : String(cause))
-
-/** Where a URL points, without its credentials, for error messages. */
-const hostOf = (url: string) => {
-  try {
-    return new URL(url).host || "redis"
-  } catch {
-    return "redis (unparsable URL)"
-  }
-}
-
-/** A connection with its guarded command runner. */
-interface Connection {
-  readonly client: Redis
-  /** Runs one call; fails with `QueueError` on an error, on a timeout, or as soon as the connection drops. */
-  readonly run: <A>(what: string, call: (client: Redis) => Promise<A>) => Effect.Effect<A, QueueError>
-}
-
-/** Reconnects forever, backing off from 50 ms to 2 s with jitter. */
-const retryStrategy = (times: number) =>
-  Math.min(50 * 2 ** Math.min(times, 6), 2_000) * (0.75 + Math.random() / 2)
-
-/** Opens a connection in the scope; it is closed (quit, else disconnect) when the scope closes. */
-const connect = (
-  url: Redacted.Redacted,
-  name: string,
-  timeouts: { readonly connect: number; readonly command: number },
-  close: "quit" | "disconnect",
-  autoPipelining: boolean
-): Effect.Effect<Connection, QueueError, Scope.Scope> =>
-  Effect.gen(function* () {
-    const where = hostOf(Redacted.value(url))
-    let lastError: unknown
-    // Rejections of the calls waiting on this connection: a dropped connection fails them at once
-    // (their outcome is unknown), instead of leaving them to ioredis, which would drop them.
-    const waiting = new Set<(error: Error) => void>()
-    const options: RedisOptions = {
-      lazyConnect: true,
-      connectionName: name,
-      enableOfflineQueue: false,
-      autoResendUnfulfilledCommands: false,
-      maxRetriesPerRequest: 1,
-      // Calls issued in the same event-loop turn leave in one write (one round trip); each
-      // caller still gets its own reply.
-      enableAutoPipelining: autoPipelining,
-      connectTimeout: timeouts.connect,
-      commandTimeout: timeouts.command,
-      retryStrategy
-    }
-    const client = yield* Effect.acquireRelease(
-      Effect.sync(() => {
-        const client = new Redis(Redacted.value(url), options)
-        // Without a listener, an ioredis error event would crash the process; the calls see it anyway.
-        client.on("error", (error: unknown) => {
-          lastError = error
-        })
-        client.on("close", () => {
-          for (const reject of waiting) reject(new Error("the connection to Redis closed before it replied"))
-          waiting.clear()
-        })
-        return client
-      }),
-      // QUIT lets the replies in flight arrive; a blocked BZPOPMIN would only delay it, so the
-      // blocking connection is simply dropped.
-      (client) =>
-        (close === "quit" && client.status === "ready"
-          ? Effect.tryPromise(() => client.quit()).pipe(
-              // Finalizers are uninterruptible: without this the timeout would wait for the reply.
-              Effect.interruptible,
-              Effect.timeout(Duration.seconds(1)),
-              Effect.catchAll(() => Effect.void)
-            )
-          : Effect.void
-        ).pipe(Effect.ensuring(Effect.sync(() => client.disconnect())))
-    )
-    yield* Effect.tryPromise({
-      try: () => client.connect(),
-      catch: (cause) =>
-        new QueueError({
-          message: `cannot connect to Redis at ${where}: ${describe(lastError ?? cause)}`,
-          cause: lastError ?? cause
-        })
-    }).pipe(
-      Effect.timeoutFail({
-        duration: Duration.millis(timeouts.connect),
-        onTimeout: () =>
-          new QueueError({
-            message: `cannot connect to Redis at ${where}: no answer within ${timeouts.connect} ms`,
-            ...(lastError === undefined ? {} : { cause: lastError })
-          })
-      })
-    )
-    const run = <A>(what: string, call: (client: Redis) => Promise<A>) =>
-      Effect.tryPromise({
-        try: () =>
-          new Promise<A>((resolve, reject) => {
-            waiting.add(reject)
-            const settle = () => waiting.delete(reject)
-            let promise: Promise<A>
-            try {
-              promise = call(client)
-            } catch (error) {
-              settle()
-              return reject(error)
-            }
-            promise.then(
-              (value) => {
-                settle()
-                resolve(value)
-              },
-              (error) => {
-                settle()
-                reject(error)
-              }
-            )
-          }),
-        catch: (cause) =>
-          new QueueError({ message: `Redis ${what} failed on ${where}: ${describe(cause)}`, cause })
-      })
-    return { client, run }
-  })
-
-const isNoScript = (error: unknown) => error instanceof Error && error.message.startsWith("NOSCRIPT")
+/** The most calls of one kind gathered into one script call. */
+const maxBatch = 256
 
 const lost = (id: string) =>
   new LeaseLost({
@@ -218,17 +96,8 @@ export const makeBackend = (
 ): Effect.Effect<QueueBackend, QueueError, Scope.Scope> =>
   Effect.gen(function* () {
     const queueName = options.queueName ?? QM.defaults.queueName
-    if (queueName.length === 0 || /[{}]/.test(queueName)) {
-      return yield* new QueueError({
-        message: `invalid queue name ${JSON.stringify(queueName)}: it must be non-empty, without { or }`
-      })
-    }
-    const url =
-      options.redisUrl === undefined
-        ? Redacted.make(QM.defaults.redisUrl)
-        : Redacted.isRedacted(options.redisUrl)
-          ? options.redisUrl
-          : Redacted.make(options.redisUrl)
+    yield* Connection.checkQueueName(queueName)
+    const url = Connection.resolveUrl(options.redisUrl)
     const leaseMillis = Duration.toMillis(options.leaseDuration ?? QM.defaults.leaseDuration)
     const connectMillis = Duration.toMillis(options.connectTimeout ?? Duration.seconds(5))
     const commandMillis = Duration.toMillis(options.commandTimeout ?? Duration.seconds(5))
@@ -238,33 +107,58 @@ export const makeBackend = (
 
     const [commands, blocking] = yield* Effect.all(
       [
-        connect(url, `${names}cmd`, { connect: connectMillis, command: commandMillis }, "quit", true),
-        connect(
+        Connection.connect({
           url,
-          `${names}block`,
-          { connect: connectMillis, command: blockSeconds * 1000 + commandMillis },
-          "disconnect",
-          false
-        )
+          name: `${names}cmd`,
+          connectMillis,
+          commandMillis,
+          close: "quit",
+          autoPipelining: true
+        }),
+        Connection.connect({
+          url,
+          name: `${names}block`,
+          connectMillis,
+          commandMillis: blockSeconds * 1000 + commandMillis,
+          close: "disconnect",
+          autoPipelining: false
+        })
       ],
       { concurrency: 2 }
     )
 
     // Load once; calls go by SHA and fall back to EVAL (which caches again) after a SCRIPT FLUSH.
-    yield* commands.run("SCRIPT LOAD", (c) =>
-      Promise.all(Scripts.all.map((s) => c.script("LOAD", s.lua) as Promise<string>))
-    )
+    yield* Connection.loadScripts(commands, Scripts.all)
 
-    const evalScript = (script: Scripts.Script, args: ReadonlyArray<string | number>) =>
-      commands.run(script.name, (c) =>
-        c
-          .evalsha(script.sha, keyList.length, ...keyList, ...args)
-          .catch((error: unknown) =>
-            isNoScript(error)
-              ? c.eval(script.lua, keyList.length, ...keyList, ...args)
-              : Promise.reject(error)
+    const evalScript = (script: Connection.Script, args: ReadonlyArray<string | number>) =>
+      commands.evalScript(script, keyList, args)
+
+    // Acks and single pushes made in the same event-loop turn (by concurrent workers or
+    // producers) go to Redis as one script call.
+    const ackBatch = Connection.batched({
+      max: maxBatch,
+      flush: (leases: ReadonlyArray<readonly [string, string]>) =>
+        commands.evalPromise(Scripts.ack, keyList, leases.flat()) as Promise<ReadonlyArray<number>>
+    })
+    const offerBatch = Connection.batched({
+      max: maxBatch,
+      flush: (calls: ReadonlyArray<ReadonlyArray<RawTask>>) =>
+        commands
+          .evalPromise(
+            Scripts.offer,
+            keyList,
+            calls.flatMap((tasks) => tasks.flatMap((t) => [t.id, t.priority, t.body]))
           )
-      )
+          .then((reply) => {
+            const accepted = reply as ReadonlyArray<number>
+            let at = 0
+            return calls.map((tasks) => {
+              const mine = accepted.slice(at, at + tasks.length).map((a) => a === 1)
+              at += tasks.length
+              return mine
+            })
+          })
+    })
 
     // --- waking blocked pullers -------------------------------------------------------------
     // A generation ends (its deferred completes) whenever a marker arrives. A puller takes the
@@ -381,17 +275,10 @@ export const makeBackend = (
         }
       })
 
-    const withLease = (script: Scripts.Script, id: string, args: ReadonlyArray<string | number>) =>
+    const withLease = (script: Connection.Script, id: string, args: ReadonlyArray<string | number>) =>
       Effect.flatMap(evalScript(script, args), (held) => (held === 1 ? Effect.void : Effect.fail(lost(id))))
 
-    const offer = (tasks: ReadonlyArray<RawTask>) =>
-      Effect.map(
-        evalScript(
-          Scripts.offer,
-          tasks.flatMap((t) => [t.id, t.priority, t.body])
-        ),
-        (reply) => (reply as ReadonlyArray<number>).map((accepted) => accepted === 1)
-      )
+    const offer = (tasks: ReadonlyArray<RawTask>) => commands.run(Scripts.offer.name, () => offerBatch(tasks))
 
     const nack = (id: string, token: string, options: RawNack) =>
       withLease(Scripts.nack, id, [
@@ -422,7 +309,11 @@ export const makeBackend = (
       kind: "redis",
       offer,
       claim,
-      ack: (id, token) => withLease(Scripts.ack, id, [id, token]),
+      ack: (id, token) =>
+        Effect.flatMap(
+          commands.run(Scripts.ack.name, () => ackBatch([id, token])),
+          (held) => (held === 1 ? Effect.void : Effect.fail(lost(id)))
+        ),
       nack,
       extend: (id, token, millis) =>
         withLease(Scripts.extend, id, [id, token, Math.max(0, Math.ceil(millis))]),

@@ -12,7 +12,6 @@
  *
  * @since 0.1.0
  */
-import { createHash } from "node:crypto"
 import {
   Clock,
   Config,
@@ -27,7 +26,6 @@ import {
   Schema,
   type Scope
 } from "effect"
-import { Redis } from "ioredis"
 import { DuplicateTask, QueueError } from "../src/Errors.js"
 import * as QM from "../src/QueueManager.js"
 import { type Priority, TaskData, type TaskId, TaskRecord, TaskStatus } from "../src/Task.js"
@@ -39,6 +37,7 @@ import {
   TaskStore,
   type TaskStoreService
 } from "../src/TaskStore.js"
+import * as Connection from "./redis/Connection.js"
 
 /** Options of the Redis task store. */
 export interface RedisTaskStoreOptions {
@@ -57,20 +56,8 @@ export interface RedisTaskStoreOptions {
 /** The key of a task's record: `{<queueName>}:task:<taskId>`. */
 export const recordKey = (queueName: string, taskId: string): string => `{${queueName}}:task:${taskId}`
 
-interface Script {
-  readonly name: string
-  readonly lua: string
-  readonly sha: string
-}
-
-const script = (name: string, lua: string): Script => ({
-  name,
-  lua,
-  sha: createHash("sha1").update(lua).digest("hex")
-})
-
 /** ARGV: priority, now. 1 when created, 0 when the id is known. */
-const createScript = script(
+const createScript = Connection.script(
   "create",
   `if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'status', 'PENDING', 'priority', ARGV[1], 'attempts', 0,
@@ -78,33 +65,59 @@ redis.call('HSET', KEYS[1], 'status', 'PENDING', 'priority', ARGV[1], 'attempts'
 return 1`
 )
 
-/** ARGV: token, attempt, priority, now. 1 when started; the record's fields when it is finished. */
-const startScript = script(
+/**
+ * KEYS: one record per start (the starts gathered in one event-loop turn). ARGV: now, then
+ * token, attempt, priority per key. Per key: 1 when started; the record's fields when it is finished.
+ */
+const startScript = Connection.script(
   "start",
-  `local status = redis.call('HGET', KEYS[1], 'status')
-if status == 'COMPLETED' or status == 'FAILED' then return redis.call('HGETALL', KEYS[1]) end
-if status then
-  redis.call('HSET', KEYS[1], 'status', 'PROCESSING', 'attempts', ARGV[2], 'updated_at', ARGV[4], 'token', ARGV[1])
-  redis.call('HDEL', KEYS[1], 'result', 'error')
-else
-  redis.call('HSET', KEYS[1], 'status', 'PROCESSING', 'priority', ARGV[3], 'attempts', ARGV[2],
-    'created_at', ARGV[4], 'updated_at', ARGV[4], 'token', ARGV[1])
+  `local now = ARGV[1]
+local out = {}
+for i = 1, #KEYS do
+  local key, token, attempt = KEYS[i], ARGV[3 * i - 1], ARGV[3 * i]
+  local status = redis.call('HGET', key, 'status')
+  if status == 'COMPLETED' or status == 'FAILED' then
+    out[i] = redis.call('HGETALL', key)
+  else
+    if status then
+      redis.call('HSET', key, 'status', 'PROCESSING', 'attempts', attempt, 'updated_at', now, 'token', token)
+      redis.call('HDEL', key, 'result', 'error')
+    else
+      redis.call('HSET', key, 'status', 'PROCESSING', 'priority', ARGV[3 * i + 1], 'attempts', attempt,
+        'created_at', now, 'updated_at', now, 'token', token)
+    end
+    out[i] = 1
+  end
 end
-return 1`
+return out`
 )
 
-/** ARGV: token, status, now, field (result | error), value, retention ms. 1 when recorded, 0 when the token no longer holds. */
-const finishScript = script(
+/**
+ * KEYS: one record per outcome (those gathered in one event-loop turn). ARGV: now, retention ms,
+ * then token, status, field (result | error), value per key. Per key: 1 when recorded, 0 when the
+ * token no longer holds.
+ */
+const finishScript = Connection.script(
   "finish",
-  `if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'status', ARGV[2], 'updated_at', ARGV[3], ARGV[4], ARGV[5])
-if ARGV[4] == 'result' then redis.call('HDEL', KEYS[1], 'error') else redis.call('HDEL', KEYS[1], 'result') end
-if ARGV[2] == 'COMPLETED' or ARGV[2] == 'FAILED' then redis.call('PEXPIRE', KEYS[1], ARGV[6]) end
-return 1`
+  `local now, retention = ARGV[1], ARGV[2]
+local out = {}
+for i = 1, #KEYS do
+  local key, at = KEYS[i], 4 * i - 1
+  local status, field = ARGV[at + 1], ARGV[at + 2]
+  if redis.call('HGET', key, 'token') ~= ARGV[at] then
+    out[i] = 0
+  else
+    redis.call('HSET', key, 'status', status, 'updated_at', now, field, ARGV[at + 3])
+    redis.call('HDEL', key, field == 'result' and 'error' or 'result')
+    if status == 'COMPLETED' or status == 'FAILED' then redis.call('PEXPIRE', key, retention) end
+    out[i] = 1
+  end
+end
+return out`
 )
 
 /** ARGV: now. 1 when reset, 0 when unknown. */
-const resetScript = script(
+const resetScript = Connection.script(
   "reset",
   `if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], 'status', 'PENDING', 'attempts', 0, 'updated_at', ARGV[1], 'token', '')
@@ -129,19 +142,25 @@ const RecordHash = Schema.Struct({
 const decodeHash = Schema.decodeUnknownEither(RecordHash)
 const decodeRecord = Schema.decodeUnknownEither(TaskRecord)
 
-const describe = (cause: unknown) => (cause instanceof Error ? cause.message : String(cause))
+/** The most starts or outcomes gathered into one script call. */
+const maxBatch = 256
 
-/** Where a URL points, without its credentials, for error messages. */
-const hostOf = (url: string) => {
-  try {
-    return new URL(url).host || "redis"
-  } catch {
-    return "redis (unparsable URL)"
-  }
+/** A start, as the batched script takes it. */
+interface StartCall {
+  readonly key: string
+  readonly token: string
+  readonly attempt: number
+  readonly priority: number
+  readonly now: number
 }
 
-/** Reconnects forever, backing off from 50 ms to 2 s. */
-const retryStrategy = (times: number) => Math.min(50 * 2 ** Math.min(times, 6), 2_000)
+/** An outcome, as the batched script takes it. */
+interface FinishCall {
+  readonly key: string
+  readonly token: string
+  readonly outcome: Outcome
+  readonly now: number
+}
 
 /** The record of `taskId` from its hash fields (`HGETALL`), or why it is malformed. */
 const toRecord = (taskId: string, fields: Record<string, string>): Either.Either<TaskRecord, string> =>
@@ -174,93 +193,49 @@ export const make = (
 ): Effect.Effect<TaskStoreService, QueueError, Scope.Scope> =>
   Effect.gen(function* () {
     const queueName = options.queueName ?? QM.defaults.queueName
-    if (queueName.length === 0 || /[{}]/.test(queueName)) {
-      return yield* new QueueError({
-        message: `invalid queue name ${JSON.stringify(queueName)}: it must be non-empty, without { or }`
-      })
-    }
-    const url =
-      options.redisUrl === undefined
-        ? Redacted.make(QM.defaults.redisUrl)
-        : Redacted.isRedacted(options.redisUrl)
-          ? options.redisUrl
-          : Redacted.make(options.redisUrl)
-    const where = hostOf(Redacted.value(url))
+    yield* Connection.checkQueueName(queueName)
     const retentionMillis = Duration.toMillis(options.retention ?? defaultRetention)
-    const connectMillis = Duration.toMillis(options.connectTimeout ?? Duration.seconds(5))
-    let lastError: unknown
+    const connection = yield* Connection.connect({
+      url: Connection.resolveUrl(options.redisUrl),
+      name: `${Connection.connectionNamePrefix(queueName)}store`,
+      connectMillis: Duration.toMillis(options.connectTimeout ?? Duration.seconds(5)),
+      commandMillis: Duration.toMillis(options.commandTimeout ?? Duration.seconds(5)),
+      close: "quit",
+      autoPipelining: true,
+      label: "Redis task store"
+    })
+    yield* Connection.loadScripts(connection, scripts)
+    const run = (s: Connection.Script, key: string, args: ReadonlyArray<string | number>) =>
+      connection.evalScript(s, [key], args)
 
-    const client = yield* Effect.acquireRelease(
-      Effect.sync(() => {
-        const client = new Redis(Redacted.value(url), {
-          lazyConnect: true,
-          connectionName: `etq:${queueName.replace(/[^\x21-\x7e]/g, "_")}:store`,
-          enableOfflineQueue: false,
-          enableAutoPipelining: true,
-          maxRetriesPerRequest: 1,
-          connectTimeout: connectMillis,
-          commandTimeout: Duration.toMillis(options.commandTimeout ?? Duration.seconds(5)),
-          retryStrategy
-        })
-        // Without a listener an ioredis error event would crash the process; the calls see it anyway.
-        client.on("error", (error: unknown) => {
-          lastError = error
-        })
-        return client
-      }),
-      (client) =>
-        (client.status === "ready"
-          ? Effect.tryPromise(() => client.quit()).pipe(
-              // Finalizers are uninterruptible: without this the timeout would wait for the reply.
-              Effect.interruptible,
-              Effect.timeout(Duration.seconds(1)),
-              Effect.ignore
+    // Starts and outcomes recorded in the same event-loop turn (by concurrent tasks) go to Redis
+    // as one script call each; the clock of the turn's first call stamps them all.
+    const startBatch = Connection.batched({
+      max: maxBatch,
+      flush: (calls: ReadonlyArray<StartCall>) =>
+        connection.evalPromise(
+          startScript,
+          calls.map((c) => c.key),
+          [calls[0]!.now, ...calls.flatMap((c) => [c.token, c.attempt, c.priority])]
+        ) as Promise<ReadonlyArray<unknown>>
+    })
+    const finishBatch = Connection.batched({
+      max: maxBatch,
+      flush: (calls: ReadonlyArray<FinishCall>) =>
+        connection.evalPromise(
+          finishScript,
+          calls.map((c) => c.key),
+          [
+            calls[0]!.now,
+            retentionMillis,
+            ...calls.flatMap(({ outcome, token }) =>
+              outcome.status === "COMPLETED"
+                ? [token, outcome.status, "result", JSON.stringify(outcome.result)]
+                : [token, outcome.status, "error", outcome.error]
             )
-          : Effect.void
-        ).pipe(Effect.ensuring(Effect.sync(() => client.disconnect())))
-    )
-
-    const call = <A>(what: string, f: (client: Redis) => Promise<A>) =>
-      Effect.tryPromise({
-        try: () => f(client),
-        catch: (cause) =>
-          new QueueError({
-            message: `Redis task store ${what} failed on ${where}: ${describe(cause)}`,
-            cause
-          })
-      })
-
-    yield* call("connect", (c) => c.connect()).pipe(
-      Effect.mapError(
-        (error) =>
-          new QueueError({
-            message: `cannot connect to Redis at ${where}: ${describe(lastError ?? error.cause)}`,
-            cause: lastError ?? error.cause
-          })
-      ),
-      Effect.timeoutFail({
-        duration: Duration.millis(connectMillis),
-        onTimeout: () =>
-          new QueueError({
-            message: `cannot connect to Redis at ${where}: no answer within ${connectMillis} ms`
-          })
-      })
-    )
-    yield* call("SCRIPT LOAD", (c) =>
-      Promise.all(scripts.map((s) => c.script("LOAD", s.lua) as Promise<string>))
-    )
-
-    // By SHA; after a SCRIPT FLUSH, EVAL runs (and caches) the script again.
-    const run = (s: Script, key: string, args: ReadonlyArray<string | number>) =>
-      call(s.name, (c) =>
-        c
-          .evalsha(s.sha, 1, key, ...args)
-          .catch((error: unknown) =>
-            error instanceof Error && error.message.startsWith("NOSCRIPT")
-              ? c.eval(s.lua, 1, key, ...args)
-              : Promise.reject(error)
-          )
-      )
+          ]
+        ) as Promise<ReadonlyArray<unknown>>
+    })
 
     const malformed = (taskId: string, reason: string) =>
       new QueueError({ message: `the record of task ${taskId} is malformed: ${reason}` })
@@ -295,7 +270,7 @@ export const make = (
         }),
       get: (taskId) =>
         Effect.flatMap(
-          call("HGETALL", (c) => c.hgetall(key(taskId))),
+          connection.run("HGETALL", (c) => c.hgetall(key(taskId))),
           (fields) =>
             Object.keys(fields).length === 0
               ? Effect.succeed(Option.none())
@@ -304,7 +279,15 @@ export const make = (
       start: (taskId, lease) =>
         Effect.flatMap(Clock.currentTimeMillis, (now) =>
           Effect.flatMap(
-            run(startScript, key(taskId), [lease.token, lease.attempt, lease.priority, now]),
+            connection.run(startScript.name, () =>
+              startBatch({
+                key: key(taskId),
+                token: lease.token,
+                attempt: lease.attempt,
+                priority: lease.priority,
+                now
+              })
+            ),
             (reply): Effect.Effect<StartResult, QueueError> =>
               Array.isArray(reply)
                 ? Effect.map(decoded(taskId, pairs(reply as ReadonlyArray<string>)), (record) => ({
@@ -317,15 +300,7 @@ export const make = (
       finish: (taskId, token, outcome: Outcome) =>
         Effect.flatMap(Clock.currentTimeMillis, (now) =>
           Effect.map(
-            run(finishScript, key(taskId), [
-              token,
-              outcome.status,
-              now,
-              ...(outcome.status === "COMPLETED"
-                ? ["result", JSON.stringify(outcome.result)]
-                : ["error", outcome.error]),
-              retentionMillis
-            ]),
+            connection.run(finishScript.name, () => finishBatch({ key: key(taskId), token, outcome, now })),
             (reply) => reply === 1
           )
         ),

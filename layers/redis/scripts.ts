@@ -8,7 +8,7 @@
  *
  * @since 0.1.0
  */
-import { createHash } from "node:crypto"
+import { script as named, type Script } from "./Connection.js"
 
 /** The keys of one queue, in the order every script receives them as `KEYS`. */
 export const keyNames = [
@@ -28,13 +28,6 @@ export const keyNames = [
 
 /** One key of a queue. */
 export type KeyName = (typeof keyNames)[number]
-
-/** A Lua script with its SHA1, as `EVALSHA` wants it. */
-export interface Script {
-  readonly name: string
-  readonly lua: string
-  readonly sha: string
-}
 
 /** Pending score band of one priority level: `(10 - priority) * 2^40 + sequence`. */
 export const priorityBand = 2 ** 40
@@ -86,10 +79,7 @@ local function unlease(id)
 end
 `
 
-const script = (name: string, body: string): Script => {
-  const lua = `${prelude}\n${body}`
-  return { name, lua, sha: createHash("sha1").update(lua).digest("hex") }
-}
+const script = (name: string, body: string): Script => named(name, `${prelude}\n${body}`)
 
 /**
  * ARGV: `id, priority, body` per task. Returns 1 (accepted) or 0 (already pending, delayed or in
@@ -187,18 +177,32 @@ return undone
 `
 )
 
-/** ARGV: `id, token`. Returns 1 when done, 0 when the token no longer holds the task. */
+/**
+ * ARGV: `id, token` per lease (the acks gathered in one event-loop turn). Returns 1 (done) or 0
+ * (the token no longer holds the task) per lease.
+ */
 export const ack = script(
   "ack",
   `
 maintain()
-local id = ARGV[1]
-if not holds(id, ARGV[2]) then return 0 end
-unlease(id)
-redis.call('HDEL', body, id)
-redis.call('HDEL', priority, id)
-redis.call('HDEL', attempts, id)
-return 1
+local out = {}
+local done = {}
+for i = 1, #ARGV, 2 do
+  local id = ARGV[i]
+  if holds(id, ARGV[i + 1]) then
+    done[#done + 1] = id
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = 0
+  end
+end
+if #done > 0 then
+  redis.call('ZREM', inflight, unpack(done))
+  for _, key in ipairs({ lease, body, priority, attempts }) do
+    redis.call('HDEL', key, unpack(done))
+  end
+end
+return out
 `
 )
 

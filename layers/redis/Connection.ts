@@ -1,0 +1,257 @@
+/**
+ * One ioredis connection held by a scope, shared by the Redis queue and the Redis task store:
+ * bounded connect, reconnection with backoff, calls that fail with `QueueError` (at once when the
+ * connection drops), Lua scripts called by SHA, and calls made in the same event-loop turn sent
+ * as one script call ({@link batched}).
+ *
+ * @since 0.1.0
+ */
+import { createHash } from "node:crypto"
+import { Duration, Effect, Redacted, type Scope } from "effect"
+import { Redis, type RedisOptions } from "ioredis"
+import { QueueError } from "../../src/Errors.js"
+import * as QM from "../../src/QueueManager.js"
+
+/** A Lua script with its SHA1, as `EVALSHA` wants it. */
+export interface Script {
+  readonly name: string
+  readonly lua: string
+  readonly sha: string
+}
+
+/** A script from its Lua source. */
+export const script = (name: string, lua: string): Script => ({
+  name,
+  lua,
+  sha: createHash("sha1").update(lua).digest("hex")
+})
+
+/** What opening a connection takes. */
+export interface ConnectOptions {
+  readonly url: Redacted.Redacted
+  /** `CLIENT SETNAME`, so an operator can tell the connections apart. */
+  readonly name: string
+  readonly connectMillis: number
+  readonly commandMillis: number
+  /** `quit` lets the replies in flight arrive first; `disconnect` drops the connection (a blocked one). */
+  readonly close: "quit" | "disconnect"
+  /** ioredis auto-pipelining: calls made in the same event-loop turn leave in one write. */
+  readonly autoPipelining: boolean
+  /** Says what failed in error messages: `Redis <what> failed` (default) or e.g. `Redis task store <what> failed`. */
+  readonly label?: string | undefined
+}
+
+/** A connection with its guarded command runner. */
+export interface Connection {
+  readonly client: Redis
+  /** Where it points, without credentials, for messages. */
+  readonly where: string
+  /** Runs one call; fails with `QueueError` on an error, on a timeout, or as soon as the connection drops. */
+  readonly run: <A>(what: string, call: (client: Redis) => Promise<A>) => Effect.Effect<A, QueueError>
+  /** Runs a loaded script by SHA (by source after a `SCRIPT FLUSH`). */
+  readonly evalScript: (
+    script: Script,
+    keys: ReadonlyArray<string>,
+    args: ReadonlyArray<string | number>
+  ) => Effect.Effect<unknown, QueueError>
+  /** `evalScript` as a plain promise, for {@link batched} flushes. */
+  readonly evalPromise: (
+    script: Script,
+    keys: ReadonlyArray<string>,
+    args: ReadonlyArray<string | number>
+  ) => Promise<unknown>
+}
+
+/** The message of an unknown failure. */
+export const describe = (cause: unknown): string => (cause instanceof Error ? cause.message : String(cause))
+
+/** Where a URL points, without its credentials, for error messages. */
+export const hostOf = (url: string): string => {
+  try {
+    return new URL(url).host || "redis"
+  } catch {
+    return "redis (unparsable URL)"
+  }
+}
+
+/** The URL option as a `Redacted`, the default when absent. */
+export const resolveUrl = (url: string | Redacted.Redacted | undefined): Redacted.Redacted =>
+  url === undefined
+    ? Redacted.make(QM.defaults.redisUrl)
+    : Redacted.isRedacted(url)
+      ? url
+      : Redacted.make(url)
+
+/** Fails unless the queue name can be a Redis hash tag (non-empty, without `{` or `}`). */
+export const checkQueueName = (queueName: string): Effect.Effect<void, QueueError> =>
+  queueName.length === 0 || /[{}]/.test(queueName)
+    ? Effect.fail(
+        new QueueError({
+          message: `invalid queue name ${JSON.stringify(queueName)}: it must be non-empty, without { or }`
+        })
+      )
+    : Effect.void
+
+/** The `CLIENT SETNAME` prefix of a queue's connections (`etq:<queue>:cmd`, `etq:<queue>:block`, `etq:<queue>:store`). */
+export const connectionNamePrefix = (queueName: string): string =>
+  `etq:${queueName.replace(/[^\x21-\x7e]/g, "_")}:`
+
+/** Reconnects forever, backing off from 50 ms to 2 s with jitter. */
+const retryStrategy = (times: number) =>
+  Math.min(50 * 2 ** Math.min(times, 6), 2_000) * (0.75 + Math.random() / 2)
+
+const isNoScript = (error: unknown) => error instanceof Error && error.message.startsWith("NOSCRIPT")
+
+/** Opens a connection in the scope, checked within the connect timeout; closed when the scope closes. */
+export const connect = (options: ConnectOptions): Effect.Effect<Connection, QueueError, Scope.Scope> =>
+  Effect.gen(function* () {
+    const where = hostOf(Redacted.value(options.url))
+    const label = options.label ?? "Redis"
+    let lastError: unknown
+    // Rejections of the calls waiting on this connection: a dropped connection fails them at once
+    // (their outcome is unknown), instead of leaving them to ioredis, which would drop them.
+    const waiting = new Set<(error: Error) => void>()
+    const redisOptions: RedisOptions = {
+      lazyConnect: true,
+      connectionName: options.name,
+      enableOfflineQueue: false,
+      autoResendUnfulfilledCommands: false,
+      maxRetriesPerRequest: 1,
+      enableAutoPipelining: options.autoPipelining,
+      connectTimeout: options.connectMillis,
+      commandTimeout: options.commandMillis,
+      retryStrategy
+    }
+    const client = yield* Effect.acquireRelease(
+      Effect.sync(() => {
+        const client = new Redis(Redacted.value(options.url), redisOptions)
+        // Without a listener, an ioredis error event would crash the process; the calls see it anyway.
+        client.on("error", (error: unknown) => {
+          lastError = error
+        })
+        client.on("close", () => {
+          for (const reject of waiting) reject(new Error("the connection to Redis closed before it replied"))
+          waiting.clear()
+        })
+        return client
+      }),
+      (client) =>
+        (options.close === "quit" && client.status === "ready"
+          ? Effect.tryPromise(() => client.quit()).pipe(
+              // Finalizers are uninterruptible: without this the timeout would wait for the reply.
+              Effect.interruptible,
+              Effect.timeout(Duration.seconds(1)),
+              Effect.ignore
+            )
+          : Effect.void
+        ).pipe(Effect.ensuring(Effect.sync(() => client.disconnect())))
+    )
+    yield* Effect.tryPromise({
+      try: () => client.connect(),
+      catch: (cause) =>
+        new QueueError({
+          message: `cannot connect to Redis at ${where}: ${describe(lastError ?? cause)}`,
+          cause: lastError ?? cause
+        })
+    }).pipe(
+      Effect.timeoutFail({
+        duration: Duration.millis(options.connectMillis),
+        onTimeout: () =>
+          new QueueError({
+            message: `cannot connect to Redis at ${where}: no answer within ${options.connectMillis} ms`,
+            ...(lastError === undefined ? {} : { cause: lastError })
+          })
+      })
+    )
+    const guarded = <A>(call: (client: Redis) => Promise<A>) =>
+      new Promise<A>((resolve, reject) => {
+        waiting.add(reject)
+        const settle = () => waiting.delete(reject)
+        let promise: Promise<A>
+        try {
+          promise = call(client)
+        } catch (error) {
+          settle()
+          return reject(error)
+        }
+        promise.then(
+          (value) => {
+            settle()
+            resolve(value)
+          },
+          (error) => {
+            settle()
+            reject(error)
+          }
+        )
+      })
+    const run = <A>(what: string, call: (client: Redis) => Promise<A>) =>
+      Effect.tryPromise({
+        try: () => guarded(call),
+        catch: (cause) =>
+          new QueueError({ message: `${label} ${what} failed on ${where}: ${describe(cause)}`, cause })
+      })
+    const evalPromise = (s: Script, keys: ReadonlyArray<string>, args: ReadonlyArray<string | number>) =>
+      client
+        .evalsha(s.sha, keys.length, ...keys, ...args)
+        .catch((error: unknown) =>
+          isNoScript(error) ? client.eval(s.lua, keys.length, ...keys, ...args) : Promise.reject(error)
+        )
+    return {
+      client,
+      where,
+      run,
+      evalPromise: (s, keys, args) => guarded(() => evalPromise(s, keys, args)),
+      evalScript: (s, keys, args) => run(s.name, () => evalPromise(s, keys, args))
+    }
+  })
+
+/** Loads scripts, so later calls can go by SHA. */
+export const loadScripts = (connection: Connection, scripts: ReadonlyArray<Script>) =>
+  connection.run("SCRIPT LOAD", (c) =>
+    Promise.all(scripts.map((s) => c.script("LOAD", s.lua) as Promise<string>))
+  )
+
+/**
+ * Calls made in the same event-loop turn, sent as one: each caller passes one input and gets its
+ * own output; the inputs gathered until the turn's I/O callbacks are done go to `flush` together
+ * (at most `max` at a time), which answers one output per input, in order. A failed flush fails
+ * every caller of it. A caller interrupted while it waits does not withdraw its input.
+ */
+export const batched = <I, O>(options: {
+  readonly max: number
+  readonly flush: (inputs: ReadonlyArray<I>) => Promise<ReadonlyArray<O>>
+}): ((input: I) => Promise<O>) => {
+  interface Waiter {
+    readonly input: I
+    readonly resolve: (output: O) => void
+    readonly reject: (error: unknown) => void
+  }
+  let pending: Array<Waiter> = []
+  const send = (waiters: ReadonlyArray<Waiter>) => {
+    let reply: Promise<ReadonlyArray<O>>
+    try {
+      reply = options.flush(waiters.map((w) => w.input))
+    } catch (error) {
+      for (const w of waiters) w.reject(error)
+      return
+    }
+    reply.then(
+      (outputs) => {
+        for (let i = 0; i < waiters.length; i++) waiters[i]!.resolve(outputs[i] as O)
+      },
+      (error: unknown) => {
+        for (const w of waiters) w.reject(error)
+      }
+    )
+  }
+  const flushAll = () => {
+    const all = pending
+    pending = []
+    for (let i = 0; i < all.length; i += options.max) send(all.slice(i, i + options.max))
+  }
+  return (input) =>
+    new Promise<O>((resolve, reject) => {
+      if (pending.push({ input, resolve, reject }) === 1) setImmediate(flushAll)
+    })
+}
