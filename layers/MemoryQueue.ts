@@ -6,7 +6,19 @@
  *
  * @since 0.1.0
  */
-import { Clock, Config, type ConfigError, Deferred, Duration, Effect, Exit, FiberId, Layer } from "effect"
+import {
+  Clock,
+  Config,
+  type ConfigError,
+  Context,
+  Deferred,
+  Duration,
+  Effect,
+  Exit,
+  type Fiber,
+  FiberId,
+  Layer
+} from "effect"
 import { LeaseLost } from "../src/Errors.js"
 import type { QueueBackend, RawDeadLetter, RawLease, RawNack, RawTask } from "../src/QueueBackend.js"
 import * as QM from "../src/QueueManager.js"
@@ -43,6 +55,14 @@ interface Node {
 
 const isLive = (node: Node, state: State) => node.version === node.entry.version && node.entry.state === state
 
+/** The time by the fiber's `Clock` (a `TestClock` in tests), read without an effect of its own. */
+const clockMillis = (fiber: Fiber.RuntimeFiber<unknown, unknown>) =>
+  Context.get(fiber.currentDefaultServices, Clock.Clock).unsafeCurrentTimeMillis()
+
+/** Runs `f` with the current time, in one step of the fiber. */
+const withNow = <A, E>(f: (now: number) => Effect.Effect<A, E>): Effect.Effect<A, E> =>
+  Effect.withFiberRuntime((fiber) => f(clockMillis(fiber)))
+
 /** The raw operations of one in-memory queue. */
 export const makeBackend = (leaseDuration: Duration.DurationInput): QueueBackend => {
   const defaultLeaseMillis = Duration.toMillis(leaseDuration)
@@ -53,11 +73,18 @@ export const makeBackend = (leaseDuration: Duration.DurationInput): QueueBackend
   const delayed = new MinHeap<Node>()
   const counts: Record<State, number> = { pending: 0, inflight: 0, delayed: 0, dead: 0 }
   let tokens = 0
-  let wakeup = Deferred.unsafeMake<void>(FiberId.none)
+  /** Completed when a task may have become pending; made only when a puller waits. */
+  let wakeup: Deferred.Deferred<void> | undefined
 
   const wake = () => {
+    if (wakeup === undefined) return
     Deferred.unsafeDone(wakeup, Exit.void)
-    wakeup = Deferred.unsafeMake<void>(FiberId.none)
+    wakeup = undefined
+  }
+
+  const wokenUp = () => {
+    wakeup ??= Deferred.unsafeMake<void>(FiberId.none)
+    return Deferred.await(wakeup)
   }
 
   const move = (entry: Entry, to: State) => {
@@ -78,19 +105,20 @@ export const makeBackend = (leaseDuration: Duration.DurationInput): QueueBackend
     return heap.peekKey()
   }
 
+  /** Moves the entries of `heap` due by `now` back to pending; whether there were any. */
+  const release = (heap: MinHeap<Node>, state: State, now: number) => {
+    let released = false
+    for (let due = topKey(heap, state); due !== undefined && due <= now; due = topKey(heap, state)) {
+      toPending(heap.pop()!.entry)
+      released = true
+    }
+    return released
+  }
+
   /** Expired leases and due delays go back to pending. */
   const maintain = (now: number) => {
-    let woke = false
-    for (const [heap, state] of [
-      [leases, "inflight"],
-      [delayed, "delayed"]
-    ] as const) {
-      for (let due = topKey(heap, state); due !== undefined && due <= now; due = topKey(heap, state)) {
-        toPending(heap.pop()!.entry)
-        woke = true
-      }
-    }
-    if (woke) wake()
+    const expired = release(leases, "inflight", now)
+    if (release(delayed, "delayed", now) || expired) wake()
   }
 
   const holder = (id: string, token: string, now: number) => {
@@ -105,24 +133,33 @@ export const makeBackend = (leaseDuration: Duration.DurationInput): QueueBackend
       message: `the lease on task ${id} is no longer held (expired, or the task moved on)`
     })
 
-  const withLease = <A>(id: string, token: string, f: (entry: Entry, now: number) => A) =>
-    Effect.flatMap(Clock.currentTimeMillis, (now) => {
+  const withLease = (id: string, token: string, f: (entry: Entry, now: number) => void) =>
+    withNow((now) => {
       const entry = holder(id, token, now)
-      return entry === undefined ? Effect.fail(lost(id)) : Effect.succeed(f(entry, now))
+      if (entry === undefined) return Effect.fail(lost(id))
+      f(entry, now)
+      return Effect.void
     })
 
   const offer = (batch: ReadonlyArray<RawTask>) =>
     Effect.sync(() => {
-      const accepted = batch.map((task) => {
+      const accepted: Array<boolean> = []
+      let added = false
+      for (const task of batch) {
         const existing = tasks.get(task.id)
-        if (existing !== undefined && existing.state !== "dead") return false
+        if (existing !== undefined && existing.state !== "dead") {
+          accepted.push(false)
+          continue
+        }
         if (existing !== undefined) {
           dead.delete(task.id)
           counts.dead--
           existing.version++
         }
         const entry: Entry = {
-          ...task,
+          id: task.id,
+          priority: task.priority,
+          body: task.body,
           attempts: 0,
           state: "pending",
           version: 0,
@@ -133,9 +170,10 @@ export const makeBackend = (leaseDuration: Duration.DurationInput): QueueBackend
         counts.pending++
         tasks.set(task.id, entry)
         pending.push(maxPriority - entry.priority, { entry, version: 0 })
-        return true
-      })
-      if (accepted.includes(true)) wake()
+        accepted.push(true)
+        added = true
+      }
+      if (added) wake()
       return accepted
     })
 
@@ -155,21 +193,24 @@ export const makeBackend = (leaseDuration: Duration.DurationInput): QueueBackend
     return out
   }
 
-  const claim = (max: number, timeout: Duration.Duration) =>
-    Effect.gen(function* () {
-      const deadline = (yield* Clock.currentTimeMillis) + Duration.toMillis(timeout)
-      for (;;) {
-        const now = yield* Clock.currentTimeMillis
-        const out = claimNow(max, now)
-        if (out.length > 0 || now >= deadline) return out
-        const due = Math.min(
-          deadline,
-          topKey(leases, "inflight") ?? deadline,
-          topKey(delayed, "delayed") ?? deadline
-        )
-        yield* Effect.race(Deferred.await(wakeup), Effect.sleep(Math.max(0, due - now)))
-      }
+  /** Waits for a pending task, a lease expiry, a due delay or the deadline, then claims again. */
+  const claimBy = (max: number, deadline: number): Effect.Effect<Array<RawLease>> =>
+    withNow((now) => {
+      const out = claimNow(max, now)
+      if (out.length > 0 || now >= deadline) return Effect.succeed(out)
+      const due = Math.min(
+        deadline,
+        topKey(leases, "inflight") ?? deadline,
+        topKey(delayed, "delayed") ?? deadline
+      )
+      return Effect.zipRight(
+        Effect.race(wokenUp(), Effect.sleep(Math.max(0, due - now))),
+        claimBy(max, deadline)
+      )
     })
+
+  const claim = (max: number, timeout: Duration.Duration) =>
+    withNow((now) => claimBy(max, now + Duration.toMillis(timeout)))
 
   const nack = (id: string, token: string, options: RawNack) =>
     withLease(id, token, (entry, now) => {
@@ -203,16 +244,16 @@ export const makeBackend = (leaseDuration: Duration.DurationInput): QueueBackend
         entry.version++
         leases.push(now + leaseMillis, { entry, version: entry.version })
       }),
-    stats: Effect.map(Clock.currentTimeMillis, (now) => {
+    stats: withNow((now) => {
       maintain(now)
-      return {
+      return Effect.succeed({
         pending: counts.pending,
         inFlight: counts.inflight,
         delayed: counts.delayed,
         dead: counts.dead
-      }
+      })
     }),
-    clear: Effect.map(Clock.currentTimeMillis, (now) => {
+    clear: withNow((now) => {
       maintain(now)
       const removed = counts.pending + counts.delayed
       for (const [id, entry] of tasks) {
@@ -225,7 +266,7 @@ export const makeBackend = (leaseDuration: Duration.DurationInput): QueueBackend
       delayed.clear()
       counts.pending = 0
       counts.delayed = 0
-      return removed
+      return Effect.succeed(removed)
     }),
     deadLetters: (limit) =>
       Effect.sync(() => {

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Exit, Layer, Option, Tracer } from "effect"
+import { Effect, Exit, Fiber, Layer, Option, TestClock, Tracer } from "effect"
 import * as MemoryQueue from "../layers/MemoryQueue.js"
 import { makeBackend } from "../layers/MemoryQueue.js"
 import type { QueueBackend } from "../src/QueueBackend.js"
@@ -82,6 +82,30 @@ describe("QueueManager spans", () => {
       const [span] = spans
       expect(span?.name).toBe("QueueManager.push")
       expect(span?.status._tag === "Ended" && Exit.isFailure(span.status.exit)).toBe(true)
+    })
+  )
+})
+
+describe("memory queue timing", () => {
+  it.effect("TestClock drives lease expiry and delayed requeue, also for a blocked pull", () =>
+    Effect.gen(function* () {
+      const queue = yield* MemoryQueue.make({ leaseDuration: "10 seconds" })
+      yield* queue.push("a", { n: 1 })
+      const first = yield* queue.pull("1 second").pipe(Effect.flatten)
+      const waiting = yield* Effect.fork(queue.pull("1 minute"))
+      yield* TestClock.adjust("9 seconds")
+      expect(waiting.unsafePoll()).toBeNull()
+      yield* TestClock.adjust("1 second")
+      const second = yield* Fiber.join(waiting).pipe(Effect.flatten)
+      expect(second.message.attempt).toBe(2)
+      expect(yield* Effect.flip(first.ack)).toMatchObject({ _tag: "LeaseLost", taskId: "a" })
+      yield* second.nack({ delay: "5 seconds" })
+      expect(Option.isNone(yield* queue.pull(0))).toBe(true)
+      yield* TestClock.adjust("5 seconds")
+      const third = yield* queue.pull(0).pipe(Effect.flatten)
+      expect(third.message.attempt).toBe(3)
+      yield* third.ack
+      expect(yield* queue.stats).toEqual({ pending: 0, inFlight: 0, delayed: 0, dead: 0 })
     })
   )
 })
