@@ -13,6 +13,7 @@ import {
   Duration,
   Effect,
   Either,
+  type Fiber,
   Layer,
   Option,
   ParseResult,
@@ -25,6 +26,7 @@ import type { QueueBackend, QueueStats, RawLease, RawTask } from "./QueueBackend
 import {
   defaultPriority,
   isJsonValue,
+  isTaskId,
   maxDataBytes,
   maxPriority,
   minPriority,
@@ -135,7 +137,6 @@ const decodeTaskId = Schema.decodeUnknownEither(TaskId)
 const decodePriority = Schema.decodeUnknownEither(Priority)
 const encodeBody = Schema.encodeEither(Schema.parseJson(WireBody))
 const decodeBody = Schema.decodeEither(Schema.parseJson(WireBody))
-const isTaskId = Schema.is(TaskId)
 
 /** One readable line per issue, e.g. `priority: priority must be an integer from 0 to 10`. */
 const describeIssues = (error: ParseResult.ParseError, field?: string) =>
@@ -252,6 +253,14 @@ const decodeLease = (lease: RawLease): Either.Either<TaskMessage, string> => {
 /** Effect's default tracer: its spans are never exported, so nothing can observe them. */
 const nativeTracer = Context.get(DefaultServices.liveServices, Tracer.Tracer)
 
+/** The time by the fiber's `Clock` (a `TestClock` in tests), read without an effect of its own. */
+const clockMillis = (fiber: Fiber.RuntimeFiber<unknown, unknown>) =>
+  Context.get(fiber.currentDefaultServices, Clock.Clock).unsafeCurrentTimeMillis()
+
+const defaultTimeout = Duration.seconds(1)
+
+type Claimed = Effect.Effect<Array<Delivery>, QueueError>
+
 /** Builds the typed `QueueManager` on a backend's raw operations. */
 export const make = (options: {
   readonly queueName: string
@@ -261,32 +270,44 @@ export const make = (options: {
   const { backend, queueName } = options
   const leaseMillis = Duration.toMillis(options.leaseDuration)
   const attributes = { "queue.name": queueName, "queue.backend": backend.kind }
-  // A span costs more than a memory-backend operation, so it is made only when a tracer that
-  // exports spans is installed, and without a call-site stack trace.
-  const span =
-    (name: string, taskId?: string) =>
-    <A, E>(self: Effect.Effect<A, E>): Effect.Effect<A, E> =>
-      Effect.withFiberRuntime((fiber) =>
-        fiber.currentTracer === nativeTracer
-          ? self
-          : Effect.withSpan(self, name, {
+  /**
+   * The public operation `name`: `body` with the current time, in a span. A span costs more than a
+   * memory-backend operation, so it is made only when a tracer that exports spans is installed
+   * (Effect's default one keeps its spans to itself), and without a call-site stack trace.
+   */
+  const operation = <A, E>(
+    name: string,
+    taskId: string | undefined,
+    body: (now: number) => Effect.Effect<A, E>
+  ): Effect.Effect<A, E> =>
+    Effect.withFiberRuntime((fiber) =>
+      fiber.currentTracer === nativeTracer
+        ? body(clockMillis(fiber))
+        : Effect.withSpan(
+            Effect.withFiberRuntime((inner) => body(clockMillis(inner))),
+            name,
+            {
               attributes: taskId === undefined ? attributes : { ...attributes, "task.id": taskId },
               captureStackTrace: false
-            })
-      )
+            }
+          )
+    )
 
+  // The effects of a delivery are built when used: most deliveries are only acked.
   const delivery = (lease: RawLease, message: TaskMessage): Delivery => ({
     message,
     token: lease.token,
-    ack: backend.ack(lease.id, lease.token).pipe(span("QueueManager.ack", lease.id)),
+    get ack() {
+      return operation("QueueManager.ack", lease.id, () => backend.ack(lease.id, lease.token))
+    },
     nack: (nack) =>
-      backend
-        .nack(lease.id, lease.token, {
+      operation("QueueManager.nack", lease.id, () =>
+        backend.nack(lease.id, lease.token, {
           requeue: nack?.requeue ?? true,
           delayMillis: nack?.delay === undefined ? 0 : Duration.toMillis(nack.delay),
           error: nack?.error
         })
-        .pipe(span("QueueManager.nack", lease.id)),
+      ),
     extend: (duration) =>
       backend.extend(
         lease.id,
@@ -295,66 +316,78 @@ export const make = (options: {
       )
   })
 
-  const offer = Effect.fnUntraced(function* (tasks: Iterable<NewTask>) {
-    const now = yield* Clock.currentTimeMillis
+  const offer = (
+    tasks: Iterable<NewTask>,
+    now: number
+  ): Effect.Effect<ReadonlyArray<boolean>, QueueError | InvalidTask> => {
     const raw: Array<RawTask> = []
-    for (const task of tasks) raw.push(yield* encodeTask(task, now))
-    if (raw.length === 0) return []
-    return yield* backend.offer(raw)
-  })
+    for (const task of tasks) {
+      const encoded = encodeTask(task, now)
+      if (Either.isLeft(encoded)) return Effect.fail(encoded.left)
+      raw.push(encoded.right)
+    }
+    return raw.length === 0 ? Effect.succeed([]) : backend.offer(raw)
+  }
 
-  const claim = Effect.fnUntraced(function* (
-    max: number,
-    timeout: Duration.DurationInput = Duration.seconds(1)
-  ) {
-    const deadline = (yield* Clock.currentTimeMillis) + Duration.toMillis(timeout)
-    const out: Array<Delivery> = []
-    while (out.length === 0) {
-      const remaining = Math.max(0, deadline - (yield* Clock.currentTimeMillis))
-      const leases = yield* backend.claim(Math.max(1, Math.floor(max)), Duration.millis(remaining))
+  /** A body no backend should hold: dead-letter it with the reason and keep serving. */
+  const deadLetterMalformed = (lease: RawLease, reason: string) =>
+    Effect.zipRight(
+      Effect.logWarning("dead-lettering a malformed message").pipe(
+        Effect.annotateLogs({ taskId: lease.id, reason })
+      ),
+      backend
+        .nack(lease.id, lease.token, { requeue: false, delayMillis: 0, error: reason })
+        .pipe(Effect.catchTag("LeaseLost", () => Effect.void))
+    )
+
+  /** Claims up to `max` tasks by `deadline`, again while every claimed body was malformed. */
+  const claim = (max: number, deadline: number, now: number): Claimed => {
+    const remaining = Math.max(0, deadline - now)
+    return Effect.flatMap(backend.claim(max, Duration.millis(remaining)), (leases): Claimed => {
+      const out: Array<Delivery> = []
+      const malformed: Array<Effect.Effect<void, QueueError>> = []
       for (const lease of leases) {
         const message = decodeLease(lease)
-        if (Either.isRight(message)) {
-          out.push(delivery(lease, message.right))
-          continue
-        }
-        // A body no backend should hold: dead-letter it with the reason and keep serving.
-        yield* Effect.logWarning("dead-lettering a malformed message").pipe(
-          Effect.annotateLogs({ taskId: lease.id, reason: message.left })
-        )
-        yield* backend
-          .nack(lease.id, lease.token, { requeue: false, delayMillis: 0, error: message.left })
-          .pipe(Effect.catchTag("LeaseLost", () => Effect.void))
+        if (Either.isRight(message)) out.push(delivery(lease, message.right))
+        else malformed.push(deadLetterMalformed(lease, message.left))
       }
-      if (remaining === 0 || leases.length === 0) break
-    }
-    return out
-  })
+      if (malformed.length === 0) return Effect.succeed(out)
+      return Effect.zipRight(
+        Effect.all(malformed, { discard: true }),
+        out.length > 0 || remaining === 0
+          ? Effect.succeed(out)
+          : Effect.withFiberRuntime<Array<Delivery>, QueueError>((fiber) =>
+              claim(max, deadline, clockMillis(fiber))
+            )
+      )
+    })
+  }
+
+  const claimFor = (max: number, timeout: Duration.DurationInput, now: number) =>
+    claim(Math.max(1, Math.floor(max)), now + Duration.toMillis(timeout), now)
 
   return {
     queueName,
     backend: backend.kind,
     push: (taskId, data, priority) =>
-      offer([{ taskId, data, priority }]).pipe(
-        Effect.map((accepted) => accepted[0]!),
-        span("QueueManager.push", taskId)
+      operation("QueueManager.push", taskId, (now) =>
+        Effect.map(offer([{ taskId, data, priority }], now), (accepted) => accepted[0]!)
       ),
-    pushBatch: (tasks) => offer(tasks).pipe(span("QueueManager.pushBatch")),
-    pull: (timeout) =>
-      claim(1, timeout).pipe(
-        Effect.map((ds) => Option.fromNullable(ds[0])),
-        span("QueueManager.pull")
+    pushBatch: (tasks) => operation("QueueManager.pushBatch", undefined, (now) => offer(tasks, now)),
+    pull: (timeout = defaultTimeout) =>
+      operation("QueueManager.pull", undefined, (now) =>
+        Effect.map(claimFor(1, timeout, now), (ds) => Option.fromNullable(ds[0]))
       ),
-    pullBatch: (max, timeout) => claim(max, timeout).pipe(span("QueueManager.pullBatch")),
-    length: backend.stats.pipe(
-      Effect.map((s) => s.pending + s.delayed),
-      span("QueueManager.length")
+    pullBatch: (max, timeout = defaultTimeout) =>
+      operation("QueueManager.pullBatch", undefined, (now) => claimFor(max, timeout, now)),
+    length: operation("QueueManager.length", undefined, () =>
+      Effect.map(backend.stats, (s) => s.pending + s.delayed)
     ),
-    clear: backend.clear.pipe(span("QueueManager.clear")),
-    stats: backend.stats.pipe(span("QueueManager.stats")),
+    clear: operation("QueueManager.clear", undefined, () => backend.clear),
+    stats: operation("QueueManager.stats", undefined, () => backend.stats),
     deadLetters: (limit = 100) =>
-      backend.deadLetters(limit).pipe(
-        Effect.map((letters) =>
+      operation("QueueManager.deadLetters", undefined, () =>
+        Effect.map(backend.deadLetters(limit), (letters) =>
           letters.map(
             (raw): DeadLetter => ({
               taskId: raw.id,
@@ -366,10 +399,9 @@ export const make = (options: {
               deadAt: raw.deadAt
             })
           )
-        ),
-        span("QueueManager.deadLetters")
+        )
       ),
-    retryDead: (taskId) => backend.retryDead(taskId).pipe(span("QueueManager.retryDead", taskId))
+    retryDead: (taskId) => operation("QueueManager.retryDead", taskId, () => backend.retryDead(taskId))
   }
 }
 

@@ -37,6 +37,10 @@ export const TaskId = Schema.String.pipe(
 /** A validated task id. */
 export type TaskId = typeof TaskId.Type
 
+/** True when `id` is a valid {@link TaskId}: the schema's checks, without building a parse tree. */
+export const isTaskId = (id: unknown): id is TaskId =>
+  typeof id === "string" && id.length >= 1 && id.length <= maxTaskIdLength && !controlCharacters.test(id)
+
 /** A priority: an integer from 0 to 10, 10 being the most urgent. */
 export const Priority = Schema.Number.pipe(
   Schema.int({ message: () => "priority must be an integer from 0 to 10" }),
