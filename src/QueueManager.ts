@@ -32,7 +32,8 @@ import {
   minPriority,
   Priority,
   TaskId,
-  TaskMessage,
+  type TaskMessage,
+  unsafeTaskMessage,
   WireBody
 } from "./Task.js"
 
@@ -229,10 +230,13 @@ const fastDecodeLease = (lease: RawLease): TaskMessage | undefined => {
   ) {
     return undefined
   }
-  return new TaskMessage(
-    { taskId, data, priority: priority as Priority, enqueuedAt, attempt: lease.attempt },
-    { disableValidation: true }
-  )
+  return unsafeTaskMessage({
+    taskId,
+    data,
+    priority: priority as Priority,
+    enqueuedAt,
+    attempt: lease.attempt
+  })
 }
 
 /** Decodes a claimed body into a message, or says why it is malformed. */
@@ -247,7 +251,8 @@ const decodeLease = (lease: RawLease): Either.Either<TaskMessage, string> => {
       `malformed message: body task_id ${JSON.stringify(body.right.taskId)} differs from its id`
     )
   }
-  return Either.right(new TaskMessage({ ...body.right, attempt: lease.attempt }, { disableValidation: true }))
+  const { taskId, data, priority, enqueuedAt } = body.right
+  return Either.right(unsafeTaskMessage({ taskId, data, priority, enqueuedAt, attempt: lease.attempt }))
 }
 
 /** Effect's default tracer: its spans are never exported, so nothing can observe them. */
@@ -260,6 +265,57 @@ const clockMillis = (fiber: Fiber.RuntimeFiber<unknown, unknown>) =>
 const defaultTimeout = Duration.seconds(1)
 
 type Claimed = Effect.Effect<Array<Delivery>, QueueError>
+
+/** What the deliveries of one queue share: its backend, lease duration and the way it runs a public operation. */
+interface Settle {
+  readonly backend: QueueBackend
+  readonly leaseMillis: number
+  readonly operation: <A, E>(
+    name: string,
+    taskId: string,
+    body: (now: number) => Effect.Effect<A, E>
+  ) => Effect.Effect<A, E>
+}
+
+/** A pulled task. Its effects are built when read: most deliveries are only acked. */
+class LeasedDelivery implements Delivery {
+  readonly token: string
+  readonly #id: string
+  readonly #settle: Settle
+
+  constructor(
+    readonly message: TaskMessage,
+    lease: RawLease,
+    settle: Settle
+  ) {
+    this.token = lease.token
+    this.#id = lease.id
+    this.#settle = settle
+  }
+
+  get ack(): Delivery["ack"] {
+    const { backend, operation } = this.#settle
+    return operation("QueueManager.ack", this.#id, () => backend.ack(this.#id, this.token))
+  }
+
+  get nack(): Delivery["nack"] {
+    const { backend, operation } = this.#settle
+    return (options) =>
+      operation("QueueManager.nack", this.#id, () =>
+        backend.nack(this.#id, this.token, {
+          requeue: options?.requeue ?? true,
+          delayMillis: options?.delay === undefined ? 0 : Duration.toMillis(options.delay),
+          error: options?.error
+        })
+      )
+  }
+
+  get extend(): Delivery["extend"] {
+    const { backend, leaseMillis } = this.#settle
+    return (duration) =>
+      backend.extend(this.#id, this.token, duration === undefined ? leaseMillis : Duration.toMillis(duration))
+  }
+}
 
 /** Builds the typed `QueueManager` on a backend's raw operations. */
 export const make = (options: {
@@ -293,28 +349,7 @@ export const make = (options: {
           )
     )
 
-  // The effects of a delivery are built when used: most deliveries are only acked.
-  const delivery = (lease: RawLease, message: TaskMessage): Delivery => ({
-    message,
-    token: lease.token,
-    get ack() {
-      return operation("QueueManager.ack", lease.id, () => backend.ack(lease.id, lease.token))
-    },
-    nack: (nack) =>
-      operation("QueueManager.nack", lease.id, () =>
-        backend.nack(lease.id, lease.token, {
-          requeue: nack?.requeue ?? true,
-          delayMillis: nack?.delay === undefined ? 0 : Duration.toMillis(nack.delay),
-          error: nack?.error
-        })
-      ),
-    extend: (duration) =>
-      backend.extend(
-        lease.id,
-        lease.token,
-        duration === undefined ? leaseMillis : Duration.toMillis(duration)
-      )
-  })
+  const settle: Settle = { backend, leaseMillis, operation }
 
   const offer = (
     tasks: Iterable<NewTask>,
@@ -348,7 +383,7 @@ export const make = (options: {
       const malformed: Array<Effect.Effect<void, QueueError>> = []
       for (const lease of leases) {
         const message = decodeLease(lease)
-        if (Either.isRight(message)) out.push(delivery(lease, message.right))
+        if (Either.isRight(message)) out.push(new LeasedDelivery(message.right, lease, settle))
         else malformed.push(deadLetterMalformed(lease, message.left))
       }
       if (malformed.length === 0) return Effect.succeed(out)

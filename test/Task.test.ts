@@ -1,7 +1,16 @@
 import { describe, expect, it } from "@effect/vitest"
-import { Either, FastCheck as fc } from "effect"
+import { Either, Equal, FastCheck as fc, Schema } from "effect"
 import { encodeTask } from "../src/QueueManager.js"
-import { isJsonValue, maxDataBytes } from "../src/Task.js"
+import {
+  isJsonValue,
+  isTaskId,
+  type JsonValue,
+  maxDataBytes,
+  type Priority,
+  TaskId,
+  TaskMessage,
+  unsafeTaskMessage
+} from "../src/Task.js"
 
 const notJson = fc.oneof(
   fc.constant(undefined),
@@ -80,4 +89,35 @@ describe("task validation", () => {
     expect(Either.isRight(encodeTask({ taskId: "t", data: wide }, 1))).toBe(true)
     expect(Either.isLeft(encodeTask({ taskId: "t", data: `${wide}é` }, 1))).toBe(true)
   })
+})
+
+describe("task messages and ids", () => {
+  it.prop(
+    "unsafeTaskMessage builds what the class constructor builds",
+    [fc.string({ minLength: 1, maxLength: 20 }), fc.jsonValue(), fc.integer({ min: 0, max: 10 }), fc.nat()],
+    ([id, data, priority, enqueuedAt]) => {
+      const fields = {
+        taskId: id as TaskId,
+        data: data as JsonValue,
+        priority: priority as Priority,
+        enqueuedAt,
+        attempt: 1
+      }
+      const made = new TaskMessage(fields, { disableValidation: true })
+      const fast = unsafeTaskMessage(fields)
+      expect(fast).toBeInstanceOf(TaskMessage)
+      expect(Object.getPrototypeOf(fast)).toBe(Object.getPrototypeOf(made))
+      expect(Reflect.ownKeys(fast)).toEqual(Reflect.ownKeys(made))
+      expect(Equal.equals(fast, made)).toBe(true)
+      expect(JSON.stringify(fast)).toBe(JSON.stringify(made))
+    }
+  )
+
+  it.prop(
+    "isTaskId agrees with the TaskId schema",
+    [fc.oneof(fc.string({ maxLength: 210 }), fc.string({ unit: "binary", maxLength: 8 }), fc.anything())],
+    ([id]) => {
+      expect(isTaskId(id)).toBe(Schema.is(TaskId)(id))
+    }
+  )
 })
