@@ -46,6 +46,8 @@ interface Entry {
   token: string
   error: string
   deadAt: number
+  /** Its place in pending (insertion number), where a release puts it back. */
+  seq: number
 }
 
 interface Node {
@@ -94,9 +96,9 @@ export const makeBackend = (leaseDuration: Duration.DurationInput): QueueBackend
     entry.version++
   }
 
-  const toPending = (entry: Entry) => {
+  const toPending = (entry: Entry, seq?: number) => {
     move(entry, "pending")
-    pending.push(maxPriority - entry.priority, { entry, version: entry.version })
+    entry.seq = pending.push(maxPriority - entry.priority, { entry, version: entry.version }, seq)
   }
 
   /** Drops stale nodes from the top of a heap so its top key is a real due time. */
@@ -165,11 +167,12 @@ export const makeBackend = (leaseDuration: Duration.DurationInput): QueueBackend
           version: 0,
           token: "",
           error: "",
-          deadAt: 0
+          deadAt: 0,
+          seq: 0
         }
         counts.pending++
         tasks.set(task.id, entry)
-        pending.push(maxPriority - entry.priority, { entry, version: 0 })
+        entry.seq = pending.push(maxPriority - entry.priority, { entry, version: 0 })
         accepted.push(true)
         added = true
       }
@@ -239,6 +242,12 @@ export const makeBackend = (leaseDuration: Duration.DurationInput): QueueBackend
         tasks.delete(id)
       }),
     nack,
+    release: (id, token) =>
+      withLease(id, token, (entry) => {
+        entry.attempts--
+        toPending(entry, entry.seq)
+        wake()
+      }),
     extend: (id, token, leaseMillis) =>
       withLease(id, token, (entry, now) => {
         entry.version++

@@ -769,7 +769,15 @@ export const makeBackend = (
       return held !== undefined && held.id === id && held.session.alive ? held : undefined
     }
 
-    const nack = (id: string, token: string, options: RawNack): Effect.Effect<void, QueueError | LeaseLost> =>
+    /**
+     * Gives a held message back: a copy goes where `options` say (requeued with this attempt
+     * counted, or not counted when `release`; delayed; dead), then the original is acked.
+     */
+    const giveBack = (
+      id: string,
+      token: string,
+      options: RawNack & { readonly release?: boolean }
+    ): Effect.Effect<void, QueueError | LeaseLost> =>
       Effect.gen(function* () {
         const delay = Math.ceil(options.delayMillis)
         if (options.requeue && delay > Topology.maxDelayMillis) {
@@ -794,8 +802,14 @@ export const makeBackend = (
                 { [Topology.header.attempt]: held.attempt, [Topology.header.delay]: delay },
                 { expiration: String(delay) }
               )
-            : copyOf(held, names.main, { [Topology.header.attempt]: held.attempt })
-        const publish = publishAll(session, `nack of task ${id}`, [outgoing])
+            : copyOf(held, names.main, {
+                [Topology.header.attempt]: options.release === true ? held.attempt - 1 : held.attempt
+              })
+        const publish = publishAll(
+          session,
+          `${options.release === true ? "release" : "nack"} of task ${id}`,
+          [outgoing]
+        )
         // While the copy is published the lease is settling: a concurrent ack or nack finds it gone.
         leases.delete(token)
         yield* publish.pipe(
@@ -962,7 +976,9 @@ export const makeBackend = (
           const held = holding(id, token)
           return held !== undefined && settle(held) ? Effect.void : Effect.fail(lost(id))
         }),
-      nack,
+      nack: giveBack,
+      release: (id, token) =>
+        giveBack(id, token, { requeue: true, delayMillis: 0, error: undefined, release: true }),
       extend: (id, token) => (holding(id, token) === undefined ? Effect.fail(lost(id)) : Effect.void),
       stats,
       clear,

@@ -235,6 +235,14 @@ export const makeBackend = (
       return { leases, waitMillis: Number(r[0]) }
     }
 
+    /** The pending score each lease held here was claimed from, by token: where `release` puts it back. */
+    const positions = new Map<string, string>()
+    const settled = <A, E>(token: string, self: Effect.Effect<A, E>) =>
+      Effect.ensuring(
+        self,
+        Effect.sync(() => positions.delete(token))
+      )
+
     const release = (leases: Claimed["leases"]) =>
       evalScript(
         Scripts.release,
@@ -265,9 +273,10 @@ export const makeBackend = (
           const gen = current
           const claimed = yield* claimOnce(max)
           if (claimed.leases.length > 0) {
-            return claimed.leases.map(
-              ({ id, body, attempt, token }): RawLease => ({ id, body, attempt, token })
-            )
+            return claimed.leases.map(({ attempt, body, id, score, token }): RawLease => {
+              positions.set(token, score)
+              return { id, body, attempt, token }
+            })
           }
           const remaining = deadline - (yield* Clock.currentTimeMillis)
           if (remaining <= 0) return []
@@ -310,11 +319,25 @@ export const makeBackend = (
       offer,
       claim,
       ack: (id, token) =>
-        Effect.flatMap(
-          commands.run(Scripts.ack.name, () => ackBatch([id, token])),
-          (held) => (held === 1 ? Effect.void : Effect.fail(lost(id)))
+        settled(
+          token,
+          Effect.flatMap(
+            commands.run(Scripts.ack.name, () => ackBatch([id, token])),
+            (held) => (held === 1 ? Effect.void : Effect.fail(lost(id)))
+          )
         ),
-      nack,
+      nack: (id, token, options) => settled(token, nack(id, token, options)),
+      release: (id, token) =>
+        Effect.suspend(() => {
+          const score = positions.get(token)
+          if (score === undefined) return Effect.fail(lost(id))
+          return settled(
+            token,
+            Effect.flatMap(evalScript(Scripts.release, [id, token, score]), (undone) =>
+              undone === 1 ? Effect.void : Effect.fail(lost(id))
+            )
+          )
+        }),
       extend: (id, token, millis) =>
         withLease(Scripts.extend, id, [id, token, Math.max(0, Math.ceil(millis))]),
       stats: Effect.map(evalScript(Scripts.stats, []), (reply) => {

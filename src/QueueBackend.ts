@@ -71,6 +71,11 @@ export interface QueueBackend {
   ) => Effect.Effect<ReadonlyArray<RawLease>, QueueError>
   readonly ack: (id: string, token: string) => Effect.Effect<void, QueueError | LeaseLost>
   readonly nack: (id: string, token: string, options: RawNack) => Effect.Effect<void, QueueError | LeaseLost>
+  /**
+   * Gives back a task its holder never ran: back to pending, this attempt not counted (Redis and
+   * memory: at the place it was claimed from; RabbitMQ: at the back of its priority).
+   */
+  readonly release: (id: string, token: string) => Effect.Effect<void, QueueError | LeaseLost>
   readonly extend: (
     id: string,
     token: string,

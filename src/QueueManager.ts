@@ -58,6 +58,11 @@ export interface Delivery {
   readonly nack: (options?: NackOptions) => Effect.Effect<void, QueueError | LeaseLost>
   /** Keep the lease for `duration` (default: the queue's lease duration) from now. */
   readonly extend: (duration?: Duration.DurationInput) => Effect.Effect<void, QueueError | LeaseLost>
+  /**
+   * Give back a task this holder did not run (a worker's prefetched task at shutdown): back to
+   * pending, this delivery not counted as an attempt.
+   */
+  readonly release: Effect.Effect<void, QueueError | LeaseLost>
 }
 
 /** A task to push in a batch. */
@@ -314,6 +319,11 @@ class LeasedDelivery implements Delivery {
     const { backend, leaseMillis } = this.#settle
     return (duration) =>
       backend.extend(this.#id, this.token, duration === undefined ? leaseMillis : Duration.toMillis(duration))
+  }
+
+  get release(): Delivery["release"] {
+    const { backend, operation } = this.#settle
+    return operation("QueueManager.release", this.#id, () => backend.release(this.#id, this.token))
   }
 }
 

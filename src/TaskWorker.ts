@@ -28,20 +28,25 @@ import {
   Config,
   type ConfigError,
   Context,
+  DefaultServices,
   Duration,
   Effect,
   Either,
   Exit,
   Fiber,
+  FiberRef,
   FiberSet,
+  HashMap,
   Layer,
+  LogLevel,
   Metric,
   MetricLabel,
   Option,
   Schedule,
   ScheduleDecision,
   ScheduleIntervals,
-  type Scope
+  type Scope,
+  Tracer
 } from "effect"
 import type { LeaseLost, QueueError } from "./Errors.js"
 import {
@@ -68,6 +73,14 @@ export type Backoff = Schedule.Schedule<unknown, number> | ((attempt: number) =>
 export interface TaskWorkerOptions {
   /** How many tasks run at once; default 1. */
   readonly concurrency?: number | undefined
+  /**
+   * How many tasks the worker claims beyond those it runs, so the next ones start without a round
+   * trip to the queue; default `concurrency`, at least 4; 0 for none. Prefetched tasks are leased to this
+   * worker (another worker cannot take them), so a task pushed later with a higher priority can
+   * start after up to `prefetch` lower ones; on shutdown they are given back unrun, their attempt
+   * not counted. For long tasks spread over many workers, set it to 0.
+   */
+  readonly prefetch?: number | undefined
   /** How long one pull waits for a task; default 1 second. */
   readonly pullTimeout?: Duration.DurationInput | undefined
   /** On shutdown, how long running tasks may still take before they are interrupted; default 300 seconds. */
@@ -89,6 +102,12 @@ export interface TaskWorkerOptions {
    */
   readonly leaseRenewal?: Duration.DurationInput | undefined
 }
+
+/** Effect's default tracer: its spans are never exported. */
+const nativeTracer = Context.get(DefaultServices.liveServices, Tracer.Tracer)
+
+/** The default prefetch is `concurrency`, but at least this (see {@link TaskWorkerOptions.prefetch}). */
+export const minimumPrefetch = 4
 
 /** The default backoff: 1 s after the first failed attempt, doubling, capped at 1 minute. */
 export const defaultBackoff: Schedule.Schedule<Duration.Duration> = Schedule.delays(
@@ -144,8 +163,8 @@ type Verdict =
   | { readonly _tag: "Retry"; readonly error: string }
   | { readonly _tag: "Failed"; readonly error: string }
 
-/** A delivery whose pipeline is running: its lease is renewed while it is in the running set. */
-interface Running {
+/** A prefetched or running delivery: its lease is renewed while it is in the leased set. */
+interface Leased {
   readonly delivery: Delivery
 }
 
@@ -154,6 +173,10 @@ const validate = (options: TaskWorkerOptions) => {
   const maxAttempts = options.maxAttempts ?? defaults.maxAttempts
   if (!Number.isInteger(concurrency) || concurrency < 1) {
     return Effect.dieMessage(`TaskWorker: concurrency must be a positive integer, got ${concurrency}`)
+  }
+  const prefetch = options.prefetch ?? Math.max(concurrency, minimumPrefetch)
+  if (!Number.isInteger(prefetch) || prefetch < 0) {
+    return Effect.dieMessage(`TaskWorker: prefetch must be a non-negative integer, got ${prefetch}`)
   }
   if (!Number.isInteger(maxAttempts) || maxAttempts < 1) {
     return Effect.dieMessage(`TaskWorker: maxAttempts must be a positive integer, got ${maxAttempts}`)
@@ -166,6 +189,7 @@ const validate = (options: TaskWorkerOptions) => {
   }
   return Effect.succeed({
     concurrency,
+    prefetch,
     maxAttempts,
     pullTimeout: Duration.decode(options.pullTimeout ?? defaults.pullTimeout),
     maxShutdownWait: Duration.decode(options.maxShutdownWait ?? defaults.maxShutdownWait),
@@ -205,7 +229,8 @@ const startWorker = (
   options: Effect.Effect.Success<ReturnType<typeof validate>>
 ): Effect.Effect<void, never, Scope.Scope> =>
   Effect.gen(function* () {
-    const { backoff, concurrency, leaseRenewal, maxAttempts, maxShutdownWait, pullTimeout } = options
+    const { backoff, concurrency, leaseRenewal, maxAttempts, maxShutdownWait, prefetch, pullTimeout } =
+      options
     // `Metric.tagged`, with one label array for every update: the metric registry caches its
     // hook by that array, where `Metric.tagged` builds (and hashes) a new key on each update.
     const labels = [MetricLabel.make("queue", queue.queueName)]
@@ -245,22 +270,54 @@ const startWorker = (
     })
 
     const tasks = yield* FiberSet.make<void, never>()
-    const running = new Set<Running>()
-    let free = concurrency
-    const slotFreed = yield* Effect.makeLatch(true)
+    const leased = new Set<Leased>()
+    const clock = yield* Effect.clock
+    // A span per run only when a tracer that exports spans is installed: Effect's default tracer
+    // keeps its spans to itself, and a span costs more than the rest of a short task's bookkeeping.
+    const tracing = (yield* Effect.tracer) !== nativeTracer
+    // Worker logs below the level in force when the worker starts are not even built.
+    const minimumLevel = yield* FiberRef.get(FiberRef.currentMinimumLogLevel)
+    const infoEnabled = LogLevel.greaterThanEqual(LogLevel.Info, minimumLevel)
+    const debugEnabled = LogLevel.greaterThanEqual(LogLevel.Debug, minimumLevel)
+    const capacity = concurrency + prefetch
+    /** Deliveries claimed and not yet done running (waiting for a run slot, or running): at most `capacity`. */
+    let outstanding = 0
+    /**
+     * Deliveries claimed and not yet settled. A finished run frees its slot before its outcome is
+     * recorded and its message settled, so the next task runs while that happens; this bounds how
+     * many can be waiting to be settled at once.
+     */
+    let held = 0
+    const changed = yield* Effect.makeLatch(true)
+    /** Free run slots, and the deliveries waiting for one (in claim order): `true` runs, `false` is given back. */
+    let freeSlots = concurrency
+    const waiters: Array<(exit: Exit.Exit<boolean>) => void> = []
+    /** Set when the shutdown begins: waiting deliveries are given back without running. */
+    let stopping = false
+    const acquireSlot: Effect.Effect<boolean> = Effect.async<boolean>((resume) => {
+      if (stopping) return resume(Exit.succeed(false))
+      if (freeSlots > 0) {
+        freeSlots--
+        return resume(Exit.succeed(true))
+      }
+      waiters.push(resume)
+      return Effect.sync(() => {
+        const at = waiters.indexOf(resume)
+        if (at >= 0) waiters.splice(at, 1)
+      })
+    })
+    const yieldSlot = () => {
+      const next = waiters.shift()
+      if (next === undefined) freeSlots++
+      else next(Exit.succeed(true))
+    }
     /** Set when the shutdown deadline passed: interrupted runs are then recorded "shutdown timeout". */
     let deadlinePassed = false
 
-    const freeSlot = Effect.sync(() => {
-      free++
-      slotFreed.unsafeOpen()
-    })
-
-    const discard = () =>
-      Effect.zipRight(
-        Metric.increment(discarded),
-        Effect.logWarning("another delivery of the task has started: this result is discarded")
-      )
+    const discard = () => {
+      discarded.unsafeUpdate(1, [])
+      return Effect.logWarning("another delivery of the task has started: this result is discarded")
+    }
 
     /** Gives a delivery back for a later attempt; what it could not record is recorded by that attempt. */
     const release = (delivery: Delivery, reason: string) =>
@@ -281,60 +338,71 @@ const startWorker = (
 
     /** Records `outcome` for the delivery; `true` when recorded, `false` when another delivery started. */
     const record = (delivery: Delivery, outcome: Outcome) =>
-      retryQueueError(store.finish(delivery.message.taskId, delivery.token, outcome)).pipe(Effect.either)
+      Effect.either(retryQueueError(store.finish(delivery.message.taskId, delivery.token, outcome)))
 
     /** Settles the message after its outcome was recorded; a lost lease or an outage leaves it to lease expiry. */
     const settleMessage = (effect: Effect.Effect<void, QueueError | LeaseLost>) =>
-      retryQueueError(effect).pipe(
-        Effect.catchAll((error) =>
-          error._tag === "LeaseLost"
-            ? Effect.logWarning(
-                "the lease expired before the message was settled: the recorded outcome stands, and the next delivery is settled without running"
-              )
-            : Effect.logError(
-                "could not settle the message: it comes back when its lease expires, and is then settled as recorded",
-                error
-              )
-        )
+      Effect.catchAll(retryQueueError(effect), (error) =>
+        error._tag === "LeaseLost"
+          ? Effect.logWarning(
+              "the lease expired before the message was settled: the recorded outcome stands, and the next delivery is settled without running"
+            )
+          : Effect.logError(
+              "could not settle the message: it comes back when its lease expires, and is then settled as recorded",
+              error
+            )
       )
 
-    const settle = (delivery: Delivery, ran: Verdict, durationMillis: number) =>
+    /** The common end of a run: recorded COMPLETED, then acked. */
+    const settleCompleted = (delivery: Delivery, result: JsonValue, durationMillis: number) =>
+      Effect.flatMap(record(delivery, { status: "COMPLETED", result }), (recorded) => {
+        if (Either.isLeft(recorded)) return release(delivery, "could not record the task's outcome")
+        if (!recorded.right) return discard()
+        return Effect.flatMap(settleMessage(delivery.ack), () => {
+          completed.unsafeUpdate(1, [])
+          return infoEnabled
+            ? Effect.annotateLogs(Effect.logInfo("task completed"), "durationMs", durationMillis)
+            : Effect.void
+        })
+      })
+
+    /** Every other end of a run (a retry, a failure), annotated with the task. */
+    const settleFailed = (
+      delivery: Delivery,
+      ran: Exclude<Verdict, { readonly _tag: "Completed" }>,
+      durationMillis: number
+    ) =>
       Effect.gen(function* () {
         const message = delivery.message
         const retryIn = ran._tag === "Retry" ? yield* backoffDelay(backoff, message.attempt) : Option.none()
-        const verdict: Verdict =
+        const verdict =
           ran._tag === "Retry" && Option.isNone(retryIn) ? { _tag: "Failed", error: ran.error } : ran
-        const outcome: Outcome =
-          verdict._tag === "Completed"
-            ? { status: "COMPLETED", result: verdict.result }
-            : { status: verdict._tag === "Retry" ? "RETRYING" : "FAILED", error: verdict.error }
-        const recorded = yield* record(delivery, outcome)
+        const recorded = yield* record(delivery, {
+          status: verdict._tag === "Retry" ? "RETRYING" : "FAILED",
+          error: verdict.error
+        })
         if (Either.isLeft(recorded)) return yield* release(delivery, "could not record the task's outcome")
         if (!recorded.right) return yield* discard()
         const timing = { durationMs: durationMillis }
-        switch (verdict._tag) {
-          case "Completed": {
-            yield* settleMessage(delivery.ack)
-            yield* Metric.increment(completed)
-            return yield* Effect.logInfo("task completed").pipe(Effect.annotateLogs(timing))
-          }
-          case "Retry": {
-            const delay = Option.getOrElse(retryIn, () => Duration.zero)
-            yield* settleMessage(delivery.nack({ delay }))
-            yield* Metric.increment(retried)
-            return yield* Effect.logWarning("task failed; it will be retried").pipe(
-              Effect.annotateLogs({ ...timing, error: verdict.error, retryInMs: Duration.toMillis(delay) })
-            )
-          }
-          case "Failed": {
-            yield* settleMessage(delivery.nack({ requeue: false, error: verdict.error }))
-            yield* Metric.increment(failed)
-            return yield* Effect.logError("task failed; dead-lettered").pipe(
-              Effect.annotateLogs({ ...timing, error: verdict.error })
-            )
-          }
+        if (verdict._tag === "Retry") {
+          const delay = Option.getOrElse(retryIn, () => Duration.zero)
+          yield* settleMessage(delivery.nack({ delay }))
+          retried.unsafeUpdate(1, [])
+          return yield* Effect.logWarning("task failed; it will be retried").pipe(
+            Effect.annotateLogs({ ...timing, error: verdict.error, retryInMs: Duration.toMillis(delay) })
+          )
         }
+        yield* settleMessage(delivery.nack({ requeue: false, error: verdict.error }))
+        failed.unsafeUpdate(1, [])
+        return yield* Effect.logError("task failed; dead-lettered").pipe(
+          Effect.annotateLogs({ ...timing, error: verdict.error })
+        )
       })
+
+    const settle = (delivery: Delivery, verdict: Verdict, durationMillis: number) =>
+      verdict._tag === "Completed"
+        ? settleCompleted(delivery, verdict.result, durationMillis)
+        : settleFailed(delivery, verdict, durationMillis)
 
     /** A delivery whose outcome an earlier delivery already recorded: settle it as recorded. */
     const settleFinished = (delivery: Delivery, finished: TaskRecord) =>
@@ -362,43 +430,87 @@ const startWorker = (
       return permanent || attempt >= maxAttempts ? { _tag: "Failed", error } : { _tag: "Retry", error }
     }
 
-    /** Runs one delivery to its end; never fails, and frees its slot when done. */
-    const handle = (delivery: Delivery): Effect.Effect<void, never, unknown> =>
-      Effect.uninterruptibleMask((restore) =>
-        Effect.gen(function* () {
-          const message = delivery.message
-          const lease = { token: delivery.token, attempt: message.attempt, priority: message.priority }
-          const begun = yield* retryQueueError(store.start(message.taskId, lease)).pipe(Effect.either)
-          if (Either.isLeft(begun)) return yield* release(delivery, "could not record the task's start")
-          if (begun.right._tag === "Finished") return yield* settleFinished(delivery, begun.right.record)
-          if (message.attempt > maxAttempts) {
-            // Every earlier delivery ended without an outcome (its worker died or lost the lease):
-            // a task that keeps killing its workers is not handed to another one forever.
-            return yield* settle(delivery, { _tag: "Failed", error: stalled(message.attempt - 1) }, 0)
-          }
-          const entry: Running = { delivery }
-          running.add(entry)
-          yield* Metric.increment(started)
-          yield* Effect.logDebug("task started")
-          const startedAt = yield* Clock.currentTimeMillis
-          const exit = yield* Effect.exit(
-            restore(
-              runPipeline(message).pipe(
-                Effect.withSpan("TaskWorker.run", {
-                  attributes: { "task.id": message.taskId, "task.attempt": message.attempt },
-                  captureStackTrace: false
-                })
-              )
-            )
+    /** Gives back a delivery that never ran (shutdown came first): its attempt is not counted. */
+    const giveBack = (delivery: Delivery) =>
+      delivery.release.pipe(
+        Effect.zipRight(Effect.logDebug("prefetched task given back unrun")),
+        Effect.catchAll((error) =>
+          Effect.logWarning(
+            "could not give back a prefetched task; it comes back when its lease expires",
+            error
           )
-          running.delete(entry)
-          const durationMillis = (yield* Clock.currentTimeMillis) - startedAt
-          yield* Metric.update(duration, durationMillis)
-          if (Exit.isFailure(exit) && Cause.isDie(exit.cause)) {
-            yield* Effect.logWarning("the pipeline died", exit.cause)
-          }
-          yield* settle(delivery, verdictOf(exit, message.attempt), durationMillis)
+        )
+      )
+
+    /**
+     * Records the start of one delivery, waits for a run slot, runs its pipeline, then settles it;
+     * never fails. It leaves `outstanding` when its run ends (or when it will not run), `held` once
+     * it is settled.
+     */
+    const handle = (delivery: Delivery): Effect.Effect<void, never, unknown> => {
+      const message = delivery.message
+      const entry: Leased = { delivery }
+      leased.add(entry)
+      let counted = true
+      const doneRunning = () => {
+        if (!counted) return
+        counted = false
+        leased.delete(entry)
+        outstanding--
+        changed.unsafeOpen()
+      }
+      const run = (restore: <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>) => {
+        started.unsafeUpdate(1, [])
+        const startedAt = clock.unsafeCurrentTimeMillis()
+        const traced = tracing
+          ? Effect.withSpan(runPipeline(message), "TaskWorker.run", {
+              attributes: { "task.id": message.taskId, "task.attempt": message.attempt },
+              captureStackTrace: false
+            })
+          : runPipeline(message)
+        const logged = debugEnabled ? Effect.zipRight(Effect.logDebug("task started"), traced) : traced
+        return Effect.flatMap(Effect.exit(restore(logged)), (exit) => {
+          yieldSlot()
+          doneRunning()
+          const durationMillis = clock.unsafeCurrentTimeMillis() - startedAt
+          duration.unsafeUpdate(durationMillis, [])
+          const settled = settle(delivery, verdictOf(exit, message.attempt), durationMillis)
+          return Exit.isFailure(exit) && Cause.isDie(exit.cause)
+            ? Effect.zipRight(Effect.logWarning("the pipeline died", exit.cause), settled)
+            : settled
         })
+      }
+      const lease = { token: delivery.token, attempt: message.attempt, priority: message.priority }
+      // The task's fiber is its own: annotating the fiber once (rather than `Effect.annotateLogs`
+      // around each part, several times the cost) tags every log of the task, the pipeline's too.
+      const annotate = FiberRef.update(FiberRef.currentLogAnnotations, (annotations) =>
+        HashMap.set(HashMap.set(annotations, "taskId", message.taskId), "attempt", message.attempt)
+      )
+      return Effect.uninterruptibleMask((restore) =>
+        Effect.flatMap(
+          Effect.either(Effect.zipRight(annotate, retryQueueError(store.start(message.taskId, lease)))),
+          (begun) => {
+            if (Either.isLeft(begun)) {
+              doneRunning()
+              return release(delivery, "could not record the task's start")
+            }
+            if (begun.right._tag === "Finished") {
+              doneRunning()
+              return settleFinished(delivery, begun.right.record)
+            }
+            if (message.attempt > maxAttempts) {
+              // Every earlier delivery ended without an outcome (its worker died or lost the lease):
+              // a task that keeps killing its workers is not handed to another one forever.
+              doneRunning()
+              return settle(delivery, { _tag: "Failed", error: stalled(message.attempt - 1) }, 0)
+            }
+            return Effect.flatMap(restore(acquireSlot), (go) => {
+              if (go) return run(restore)
+              doneRunning()
+              return giveBack(delivery)
+            })
+          }
+        )
       ).pipe(
         Effect.catchAllCause((cause) =>
           Cause.isInterruptedOnly(cause) && deadlinePassed
@@ -408,18 +520,24 @@ const startWorker = (
                 cause
               )
         ),
-        Effect.ensuring(freeSlot),
-        Effect.annotateLogs({ taskId: delivery.message.taskId, attempt: delivery.message.attempt })
+        Effect.ensuring(
+          Effect.sync(() => {
+            doneRunning()
+            held--
+            changed.unsafeOpen()
+          })
+        )
       )
+    }
 
-    /** Extends the leases of running tasks; a lost lease stops its renewal (its result will be discarded). */
+    /** Extends the leases of running and prefetched tasks; a lost lease stops its renewal (its result will be discarded). */
     const renewLeases = Effect.suspend(() =>
       Effect.forEach(
-        Array.from(running),
+        Array.from(leased),
         (entry) =>
           entry.delivery.extend().pipe(
             Effect.catchAll((error) => {
-              if (!running.has(entry)) return Effect.void
+              if (!leased.has(entry)) return Effect.void
               const annotations = {
                 taskId: entry.delivery.message.taskId,
                 attempt: entry.delivery.message.attempt
@@ -429,7 +547,7 @@ const startWorker = (
                   Effect.annotateLogs(annotations)
                 )
               }
-              running.delete(entry)
+              leased.delete(entry)
               return Effect.logWarning(
                 "lost the lease of a running task: another worker may take it over"
               ).pipe(Effect.annotateLogs(annotations))
@@ -444,20 +562,19 @@ const startWorker = (
     const pullLoop = Effect.gen(function* () {
       const outage = yield* Schedule.driver(outageBackoff)
       for (;;) {
-        while (free === 0) {
-          slotFreed.unsafeClose()
-          yield* slotFreed.await
+        while (outstanding >= capacity || held >= 2 * capacity) {
+          changed.unsafeClose()
+          yield* changed.await
         }
-        const want = free
-        free = 0
+        const want = Math.min(capacity - outstanding, 2 * capacity - held)
+        outstanding += want
+        held += want
         const exit = yield* Effect.uninterruptibleMask((restore) =>
           Effect.tap(Effect.exit(restore(queue.pullBatch(want, pullTimeout))), (exit) => {
-            if (Exit.isFailure(exit)) {
-              free += want
-              return
-            }
-            free += want - exit.value.length
-            for (const delivery of exit.value) fork(handle(delivery))
+            const got = Exit.isSuccess(exit) ? exit.value.length : 0
+            outstanding -= want - got
+            held -= want - got
+            if (Exit.isSuccess(exit)) for (const delivery of exit.value) fork(handle(delivery))
           })
         )
         if (Exit.isSuccess(exit)) {
@@ -465,7 +582,7 @@ const startWorker = (
           continue
         }
         if (Cause.isInterruptedOnly(exit.cause)) continue
-        yield* Metric.increment(pullErrors)
+        pullErrors.unsafeUpdate(1, [])
         yield* Effect.logError("pull failed; backing off", exit.cause)
         yield* Effect.orDie(outage.next(undefined))
       }
@@ -483,6 +600,9 @@ const startWorker = (
     yield* Effect.addFinalizer(() =>
       Effect.gen(function* () {
         yield* Fiber.interrupt(fetcher)
+        // Prefetched tasks that have not started go back to the queue at once.
+        stopping = true
+        for (const waiter of waiters.splice(0)) waiter(Exit.succeed(false))
         const inFlight = yield* FiberSet.size(tasks)
         if (inFlight > 0) {
           yield* Effect.logInfo(
@@ -508,6 +628,7 @@ const startWorker = (
       Effect.annotateLogs({
         backend: queue.backend,
         concurrency,
+        prefetch,
         maxAttempts,
         leaseRenewalMs: Duration.toMillis(leaseRenewal)
       })
@@ -532,7 +653,7 @@ const durationFromEnv = (name: string) =>
   Config.duration(name).pipe(Config.orElse(() => Config.map(Config.number(name), Duration.seconds)))
 
 /**
- * The `Config` behind {@link TaskWorker.layerConfig}: `CONCURRENCY` (1), `PULL_TIMEOUT` (1 s),
+ * The `Config` behind {@link TaskWorker.layerConfig}: `CONCURRENCY` (1), `PREFETCH` (`CONCURRENCY`), `PULL_TIMEOUT` (1 s),
  * `MAX_SHUTDOWN_WAIT` (300 s), `MAX_ATTEMPTS` (3), `TASK_TIMEOUT` (none), `LEASE_RENEWAL` (a third
  * of `LEASE_DURATION` when that is set, else 10 s). Durations take "30 seconds" or a number of seconds.
  */
@@ -540,6 +661,11 @@ export const workerConfig: Config.Config<TaskWorkerOptions> = Config.all({
   concurrency: Config.integer("CONCURRENCY").pipe(
     Config.withDefault(defaults.concurrency),
     Config.validate({ message: "CONCURRENCY must be at least 1", validation: (n) => n >= 1 })
+  ),
+  prefetch: Config.option(
+    Config.integer("PREFETCH").pipe(
+      Config.validate({ message: "PREFETCH must be at least 0", validation: (n) => n >= 0 })
+    )
   ),
   pullTimeout: durationFromEnv("PULL_TIMEOUT").pipe(Config.withDefault(defaults.pullTimeout)),
   maxShutdownWait: durationFromEnv("MAX_SHUTDOWN_WAIT").pipe(Config.withDefault(defaults.maxShutdownWait)),
@@ -552,8 +678,9 @@ export const workerConfig: Config.Config<TaskWorkerOptions> = Config.all({
   leaseDuration: Config.option(durationFromEnv("LEASE_DURATION"))
 }).pipe(
   Config.map(
-    ({ leaseDuration, leaseRenewal, taskTimeout, ...rest }): TaskWorkerOptions => ({
+    ({ leaseDuration, leaseRenewal, prefetch, taskTimeout, ...rest }): TaskWorkerOptions => ({
       ...rest,
+      prefetch: Option.getOrUndefined(prefetch),
       taskTimeout: Option.getOrUndefined(taskTimeout),
       leaseRenewal: Option.getOrElse(
         Option.orElse(leaseRenewal, () =>

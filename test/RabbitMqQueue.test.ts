@@ -95,6 +95,7 @@ await describeWithServer("RabbitMQ", rabbitmqUrl, "RabbitMQ backend", () => {
     idempotentPush: false,
     replacesDeadLetters: false,
     leaseExpiry: false,
+    releaseInPlace: false,
     dropConnections
   })
 

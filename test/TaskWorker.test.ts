@@ -152,6 +152,12 @@ const statusIs = (taskId: string, status: string) =>
     Effect.map((record) => Option.isSome(record) && record.value.status === status)
   )
 
+/** The status of a task's record, `NONE` when it has none. */
+const statusOf = (taskId: string) =>
+  Effect.flatMap(TaskStore, (store) => store.get(taskId)).pipe(
+    Effect.map((record) => (Option.isSome(record) ? record.value.status : "NONE"))
+  )
+
 /** Starts the worker in a scope of its own, to close (shut down) during the test. */
 const startInOwnScope = Effect.gen(function* () {
   const scope = yield* Scope.make()
@@ -394,49 +400,64 @@ describe("TaskWorker", () => {
     }).pipe(Effect.provide(env(probe, { worker: { taskTimeout: "5 seconds", maxAttempts: 2 } })))
   })
 
-  it.scoped("never runs more than `concurrency` tasks at once, and claims free slots in one pull", () => {
-    const probe = new Probe()
-    const pulls: Array<number> = []
-    const queueName = uniqueQueueName("worker")
-    const countingQueue = Layer.effect(
-      QM.QueueManager,
-      Effect.map(MemoryQueue.make({ queueName }), (queue) => ({
-        ...queue,
-        pullBatch: (max: number, timeout?: Duration.DurationInput) => {
-          pulls.push(max)
-          return queue.pullBatch(max, timeout)
-        }
-      }))
-    )
-    return Effect.gen(function* () {
-      const queue = yield* QM.QueueManager
-      yield* queue.pushBatch(Array.from({ length: 10 }, (_, i) => ({ taskId: `c${i}`, data: { ms: 1000 } })))
-      yield* TaskWorker.start
-      yield* until(() => probe.running === 3)
-      expect(pulls[0]).toBe(3)
-      expect(yield* stats).toMatchObject({ inFlight: 3, pending: 7 })
-      for (let i = 0; i < 4; i++) {
-        yield* TestClock.adjust("1 second")
-        yield* until(() => probe.runs.length === Math.min(10, 3 * (i + 2)))
-        expect((yield* stats).inFlight).toBeLessThanOrEqual(3)
-      }
-      for (let i = 0; i < 10; i++) yield* untilEffect(statusIs(`c${i}`, "COMPLETED"))
-      expect(probe.maxRunning).toBe(3)
-      expect(Math.max(...pulls)).toBe(3)
-    }).pipe(
-      Effect.provide(
-        TaskWorker.layer({ concurrency: 3 }).pipe(
-          Layer.provideMerge(
-            Layer.mergeAll(
-              countingQueue,
-              MemoryTaskStore.layer(),
-              Pipeline.Pipeline.layer(testPipeline(probe))
+  for (const prefetch of [0, undefined, 5]) {
+    // Claimed per pull: the free run slots plus the prefetch (default: concurrency).
+    const window = 3 + (prefetch ?? 4)
+    it.scoped(
+      `never runs more than \`concurrency\` tasks at once; prefetch ${prefetch ?? "default (concurrency, at least 4)"}: holds at most ${window}, claimed in one pull`,
+      () => {
+        const probe = new Probe()
+        const pulls: Array<number> = []
+        const queueName = uniqueQueueName("worker")
+        const countingQueue = Layer.effect(
+          QM.QueueManager,
+          Effect.map(MemoryQueue.make({ queueName }), (queue) => ({
+            ...queue,
+            pullBatch: (max: number, timeout?: Duration.DurationInput) => {
+              pulls.push(max)
+              return queue.pullBatch(max, timeout)
+            }
+          }))
+        )
+        return Effect.gen(function* () {
+          const queue = yield* QM.QueueManager
+          yield* queue.pushBatch(
+            Array.from({ length: 20 }, (_, i) => ({ taskId: `c${i}`, data: { ms: 1000 } }))
+          )
+          yield* TaskWorker.start
+          yield* until(() => probe.running === 3)
+          expect(pulls[0]).toBe(window)
+          yield* untilEffect(Effect.map(stats, (s) => s.inFlight === window))
+          expect(yield* stats).toMatchObject({ inFlight: window, pending: 20 - window })
+          // The prefetched tasks are recorded as started; the rest are untouched.
+          for (let i = 0; i < window; i++) expect(yield* statusOf(`c${i}`)).toBe("PROCESSING")
+          for (let i = window; i < 20; i++) expect(yield* statusOf(`c${i}`)).toBe("NONE")
+          for (let i = 0; i < 7; i++) {
+            yield* TestClock.adjust("1 second")
+            yield* until(() => probe.runs.length === Math.min(20, 3 * (i + 2)))
+            expect((yield* stats).inFlight).toBeLessThanOrEqual(window)
+          }
+          for (let i = 0; i < 20; i++) yield* untilEffect(statusIs(`c${i}`, "COMPLETED"))
+          // Run in claim order (priority, then push order), never more than 3 at once.
+          expect(probe.runs.map((run) => run.taskId)).toEqual(Array.from({ length: 20 }, (_, i) => `c${i}`))
+          expect(probe.maxRunning).toBe(3)
+          expect(Math.max(...pulls)).toBe(window)
+        }).pipe(
+          Effect.provide(
+            TaskWorker.layer({ concurrency: 3, prefetch }).pipe(
+              Layer.provideMerge(
+                Layer.mergeAll(
+                  countingQueue,
+                  MemoryTaskStore.layer(),
+                  Pipeline.Pipeline.layer(testPipeline(probe))
+                )
+              )
             )
           )
         )
-      )
+      }
     )
-  })
+  }
 
   it.scoped(
     "extends the lease of a running task: a task longer than the lease is not handed to another worker",
@@ -575,7 +596,7 @@ describe("TaskWorker", () => {
   )
 
   it.scoped(
-    "graceful shutdown: stops pulling at once, lets running tasks finish, leaves the rest queued",
+    "graceful shutdown: stops pulling at once, lets running tasks finish, gives prefetched ones back unrun, leaves the rest queued",
     () => {
       const probe = new Probe()
       return Effect.gen(function* () {
@@ -597,6 +618,13 @@ describe("TaskWorker", () => {
         expect(yield* stats).toEqual({ pending: 3, inFlight: 0, delayed: 0, dead: 0 })
         yield* TestClock.adjust("1 minute")
         expect(probe.runs).toHaveLength(2)
+        // s2 and s3 were prefetched: given back at their place, their attempt not counted.
+        const next = yield* queue.pullBatch(3)
+        expect(next.map((d) => [d.message.taskId, d.message.attempt])).toEqual([
+          ["s2", 1],
+          ["s3", 1],
+          ["s4", 1]
+        ])
       }).pipe(Effect.provide(env(probe, { worker: { concurrency: 2 } })))
     }
   )

@@ -38,6 +38,8 @@ export interface BackendUnderTest {
    * holder's connection closes, which `dropConnections` brings about (RabbitMQ).
    */
   readonly leaseExpiry?: boolean | undefined
+  /** Default `true`. `false`: a released task goes to the back of its priority, not back to its place (RabbitMQ). */
+  readonly releaseInPlace?: boolean | undefined
   /** Closes the server side of the queue's connections, as if their process died (needed when `leaseExpiry` is `false`). */
   readonly dropConnections?: ((queueName: string) => Effect.Effect<void, unknown>) | undefined
 }
@@ -330,6 +332,41 @@ export const conformance = (backend: BackendUnderTest) =>
           expect(retried.message.attempt).toBe(2)
         })
       )
+    )
+
+    it.live(
+      backend.releaseInPlace === false
+        ? "release gives an unrun task back at the back of its priority, its attempt not counted; the token is spent"
+        : "release gives an unrun task back at its place, its attempt not counted; the token is spent",
+      () =>
+        withQueue((queue) =>
+          Effect.gen(function* () {
+            yield* queue.pushBatch([
+              { taskId: "r1", data: meeting(1), priority: 7 },
+              { taskId: "r2", data: meeting(2), priority: 7 },
+              { taskId: "r3", data: meeting(3), priority: 3 }
+            ])
+            const [first, second] = yield* queue.pullBatch(2)
+            expect([first!.message.taskId, second!.message.taskId]).toEqual(["r1", "r2"])
+            yield* first!.release
+            yield* second!.release
+            const again = yield* queue.pullBatch(3)
+            expect(again.map((d) => d.message.taskId)).toEqual(["r1", "r2", "r3"])
+            expect(again.map((d) => d.message.attempt)).toEqual([1, 1, 1])
+            expect(Either.getLeft(yield* Effect.either(first!.ack)).pipe(Option.map((e) => e._tag))).toEqual(
+              Option.some("LeaseLost")
+            )
+            // A task already moved on cannot be released by its old holder.
+            yield* again[0]!.ack
+            expect(Either.isLeft(yield* Effect.either(again[0]!.release))).toBe(true)
+            // In place: back ahead of a task of its priority pushed after it was claimed.
+            yield* queue.push("r4", meeting(4), 7)
+            yield* again[1]!.release
+            yield* again[2]!.ack
+            const order = yield* drain(queue)
+            expect(order[0]).toBe(backend.releaseInPlace === false ? "r4" : "r2")
+          })
+        )
     )
 
     it.live("nack with a delay keeps the task out of reach until then", () =>

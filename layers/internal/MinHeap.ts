@@ -15,12 +15,16 @@ export class MinHeap<A> {
     return this.keys.length
   }
 
-  /** Adds `value` under `key`. */
-  push(key: number, value: A): void {
+  /**
+   * Adds `value` under `key`, after the values already there with the same key, or at the place
+   * of insertion `seq` (one this heap returned before); returns its insertion number.
+   */
+  push(key: number, value: A, seq: number = this.seq++): number {
     this.keys.push(key)
-    this.seqs.push(this.seq++)
+    this.seqs.push(seq)
     this.values.push(value)
     this.up(this.keys.length - 1)
+    return seq
   }
 
   /** The smallest key, or `undefined` when empty. */

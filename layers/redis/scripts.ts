@@ -156,7 +156,8 @@ return out
 )
 
 /**
- * ARGV: `id, token, score` per lease. Undoes claims whose caller never saw them (interrupted):
+ * ARGV: `id, token, score` per lease. Undoes claims whose caller never saw them (interrupted) or
+ * never ran (released by a worker):
  * back to pending at the same place, the attempt not counted. Returns how many it undid.
  */
 export const release = script(
