@@ -196,24 +196,26 @@ export const makeBackend = (leaseDuration: Duration.DurationInput): QueueBackend
     return out
   }
 
-  /** Waits for a pending task, a lease expiry, a due delay or the deadline, then claims again. */
-  const claimBy = (max: number, deadline: number): Effect.Effect<Array<RawLease>> =>
-    withNow((now) => {
-      const out = claimNow(max, now)
-      if (out.length > 0 || now >= deadline) return Effect.succeed(out)
-      const due = Math.min(
-        deadline,
-        topKey(leases, "inflight") ?? deadline,
-        topKey(delayed, "delayed") ?? deadline
-      )
-      return Effect.zipRight(
-        Effect.race(wokenUp(), Effect.sleep(Math.max(0, due - now))),
-        claimBy(max, deadline)
-      )
-    })
+  /**
+   * Claims what is pending at `now`; when nothing is, waits for a push, a lease expiry, a due delay
+   * or the deadline, and claims again.
+   */
+  const claimBy = (max: number, deadline: number, now: number): Effect.Effect<Array<RawLease>> => {
+    const out = claimNow(max, now)
+    if (out.length > 0 || now >= deadline) return Effect.succeed(out)
+    const due = Math.min(
+      deadline,
+      topKey(leases, "inflight") ?? deadline,
+      topKey(delayed, "delayed") ?? deadline
+    )
+    return Effect.zipRight(
+      Effect.race(wokenUp(), Effect.sleep(Math.max(0, due - now))),
+      withNow((later) => claimBy(max, deadline, later))
+    )
+  }
 
   const claim = (max: number, timeout: Duration.Duration) =>
-    withNow((now) => claimBy(max, now + Duration.toMillis(timeout)))
+    withNow((now) => claimBy(max, now + Duration.toMillis(timeout), now))
 
   const nack = (id: string, token: string, options: RawNack) =>
     withLease(id, token, (entry, now) => {

@@ -14,6 +14,7 @@ import {
   Effect,
   Either,
   type Fiber,
+  identity,
   Layer,
   Option,
   ParseResult,
@@ -269,7 +270,7 @@ const clockMillis = (fiber: Fiber.RuntimeFiber<unknown, unknown>) =>
 
 const defaultTimeout = Duration.seconds(1)
 
-type Claimed = Effect.Effect<Array<Delivery>, QueueError>
+const firstDelivery = (deliveries: Array<Delivery>) => Option.fromNullable(deliveries[0])
 
 /** What the deliveries of one queue share: its backend, lease duration and the way it runs a public operation. */
 interface Settle {
@@ -278,7 +279,7 @@ interface Settle {
   readonly operation: <A, E>(
     name: string,
     taskId: string,
-    body: (now: number) => Effect.Effect<A, E>
+    body: (fiber: Fiber.RuntimeFiber<unknown, unknown>) => Effect.Effect<A, E>
   ) => Effect.Effect<A, E>
 }
 
@@ -337,20 +338,20 @@ export const make = (options: {
   const leaseMillis = Duration.toMillis(options.leaseDuration)
   const attributes = { "queue.name": queueName, "queue.backend": backend.kind }
   /**
-   * The public operation `name`: `body` with the current time, in a span. A span costs more than a
+   * The public operation `name`: `body` of the running fiber, in a span. A span costs more than a
    * memory-backend operation, so it is made only when a tracer that exports spans is installed
    * (Effect's default one keeps its spans to itself), and without a call-site stack trace.
    */
   const operation = <A, E>(
     name: string,
     taskId: string | undefined,
-    body: (now: number) => Effect.Effect<A, E>
+    body: (fiber: Fiber.RuntimeFiber<unknown, unknown>) => Effect.Effect<A, E>
   ): Effect.Effect<A, E> =>
     Effect.withFiberRuntime((fiber) =>
       fiber.currentTracer === nativeTracer
-        ? body(clockMillis(fiber))
+        ? body(fiber)
         : Effect.withSpan(
-            Effect.withFiberRuntime((inner) => body(clockMillis(inner))),
+            Effect.withFiberRuntime((inner) => body(inner)),
             name,
             {
               attributes: taskId === undefined ? attributes : { ...attributes, "task.id": taskId },
@@ -385,46 +386,63 @@ export const make = (options: {
         .pipe(Effect.catchTag("LeaseLost", () => Effect.void))
     )
 
-  /** Claims up to `max` tasks by `deadline`, again while every claimed body was malformed. */
-  const claim = (max: number, deadline: number, now: number): Claimed => {
+  /**
+   * Claims up to `max` tasks by `deadline`, again while every claimed body was malformed, and
+   * answers `finish` of the deliveries.
+   */
+  const claim = <A>(
+    max: number,
+    deadline: number,
+    now: number,
+    finish: (deliveries: Array<Delivery>) => A
+  ): Effect.Effect<A, QueueError> => {
     const remaining = Math.max(0, deadline - now)
-    return Effect.flatMap(backend.claim(max, Duration.millis(remaining)), (leases): Claimed => {
-      const out: Array<Delivery> = []
-      const malformed: Array<Effect.Effect<void, QueueError>> = []
-      for (const lease of leases) {
-        const message = decodeLease(lease)
-        if (Either.isRight(message)) out.push(new LeasedDelivery(message.right, lease, settle))
-        else malformed.push(deadLetterMalformed(lease, message.left))
+    return Effect.flatMap(
+      backend.claim(max, Duration.millis(remaining)),
+      (leases): Effect.Effect<A, QueueError> => {
+        const out: Array<Delivery> = []
+        const malformed: Array<Effect.Effect<void, QueueError>> = []
+        for (const lease of leases) {
+          const message = decodeLease(lease)
+          if (Either.isRight(message)) out.push(new LeasedDelivery(message.right, lease, settle))
+          else malformed.push(deadLetterMalformed(lease, message.left))
+        }
+        if (malformed.length === 0) return Effect.succeed(finish(out))
+        return Effect.zipRight(
+          Effect.all(malformed, { discard: true }),
+          out.length > 0 || remaining === 0
+            ? Effect.succeed(finish(out))
+            : Effect.withFiberRuntime<A, QueueError>((fiber) =>
+                claim(max, deadline, clockMillis(fiber), finish)
+              )
+        )
       }
-      if (malformed.length === 0) return Effect.succeed(out)
-      return Effect.zipRight(
-        Effect.all(malformed, { discard: true }),
-        out.length > 0 || remaining === 0
-          ? Effect.succeed(out)
-          : Effect.withFiberRuntime<Array<Delivery>, QueueError>((fiber) =>
-              claim(max, deadline, clockMillis(fiber))
-            )
-      )
-    })
+    )
   }
 
-  const claimFor = (max: number, timeout: Duration.DurationInput, now: number) =>
-    claim(Math.max(1, Math.floor(max)), now + Duration.toMillis(timeout), now)
+  const claimFor = <A>(
+    max: number,
+    timeout: Duration.DurationInput,
+    fiber: Fiber.RuntimeFiber<unknown, unknown>,
+    finish: (deliveries: Array<Delivery>) => A
+  ) => {
+    const now = clockMillis(fiber)
+    return claim(Math.max(1, Math.floor(max)), now + Duration.toMillis(timeout), now, finish)
+  }
 
   return {
     queueName,
     backend: backend.kind,
     push: (taskId, data, priority) =>
-      operation("QueueManager.push", taskId, (now) =>
-        Effect.map(offer([{ taskId, data, priority }], now), (accepted) => accepted[0]!)
+      operation("QueueManager.push", taskId, (fiber) =>
+        Effect.map(offer([{ taskId, data, priority }], clockMillis(fiber)), (accepted) => accepted[0]!)
       ),
-    pushBatch: (tasks) => operation("QueueManager.pushBatch", undefined, (now) => offer(tasks, now)),
+    pushBatch: (tasks) =>
+      operation("QueueManager.pushBatch", undefined, (fiber) => offer(tasks, clockMillis(fiber))),
     pull: (timeout = defaultTimeout) =>
-      operation("QueueManager.pull", undefined, (now) =>
-        Effect.map(claimFor(1, timeout, now), (ds) => Option.fromNullable(ds[0]))
-      ),
+      operation("QueueManager.pull", undefined, (fiber) => claimFor(1, timeout, fiber, firstDelivery)),
     pullBatch: (max, timeout = defaultTimeout) =>
-      operation("QueueManager.pullBatch", undefined, (now) => claimFor(max, timeout, now)),
+      operation("QueueManager.pullBatch", undefined, (fiber) => claimFor(max, timeout, fiber, identity)),
     length: operation("QueueManager.length", undefined, () =>
       Effect.map(backend.stats, (s) => s.pending + s.delayed)
     ),
