@@ -1,5 +1,6 @@
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Exit, Fiber, Layer, Option, TestClock, Tracer } from "effect"
+import { Effect, Exit, Fiber, FastCheck as fc, Layer, Option, TestClock, Tracer } from "effect"
+import { MinHeap } from "../layers/internal/MinHeap.js"
 import * as MemoryQueue from "../layers/MemoryQueue.js"
 import { makeBackend } from "../layers/MemoryQueue.js"
 import type { QueueBackend } from "../src/QueueBackend.js"
@@ -107,5 +108,38 @@ describe("memory queue timing", () => {
       yield* third.ack
       expect(yield* queue.stats).toEqual({ pending: 0, inFlight: 0, delayed: 0, dead: 0 })
     })
+  )
+})
+
+describe("MinHeap", () => {
+  it.prop(
+    "pops by key, then insertion order (or the insertion number given back)",
+    [
+      fc.array(
+        fc.oneof(fc.integer({ min: 0, max: 5 }), fc.constant("pop" as const), fc.constant("again" as const))
+      )
+    ],
+    ([ops]) => {
+      const heap = new MinHeap<number>()
+      const model: Array<{ key: number; seq: number; value: number }> = []
+      const popped: Array<{ key: number; seq: number; value: number }> = []
+      let value = 0
+      for (const op of ops) {
+        if (op === "pop") {
+          model.sort((a, b) => a.key - b.key || a.seq - b.seq)
+          const next = model.shift()
+          expect(heap.pop()).toBe(next?.value)
+          if (next !== undefined) popped.push(next)
+        } else if (op === "again") {
+          const back = popped.pop()
+          if (back !== undefined) model.push({ ...back, seq: heap.push(back.key, back.value, back.seq) })
+        } else {
+          value++
+          model.push({ key: op, value, seq: heap.push(op, value) })
+        }
+        expect(heap.size).toBe(model.length)
+        expect(heap.peekKey()).toBe(model.length === 0 ? undefined : Math.min(...model.map((m) => m.key)))
+      }
+    }
   )
 })

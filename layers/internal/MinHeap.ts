@@ -4,15 +4,21 @@
  *
  * @since 0.1.0
  */
+interface Slot<A> {
+  readonly key: number
+  readonly seq: number
+  readonly value: A
+}
+
+const before = <A>(a: Slot<A>, b: Slot<A>) => a.key < b.key || (a.key === b.key && a.seq < b.seq)
+
 export class MinHeap<A> {
-  private keys: Array<number> = []
-  private seqs: Array<number> = []
-  private values: Array<A> = []
+  private slots: Array<Slot<A>> = []
   private seq = 0
 
   /** How many pairs it holds, stale ones included. */
   get size(): number {
-    return this.keys.length
+    return this.slots.length
   }
 
   /**
@@ -20,76 +26,56 @@ export class MinHeap<A> {
    * of insertion `seq` (one this heap returned before); returns its insertion number.
    */
   push(key: number, value: A, seq: number = this.seq++): number {
-    this.keys.push(key)
-    this.seqs.push(seq)
-    this.values.push(value)
-    this.up(this.keys.length - 1)
+    const slots = this.slots
+    const slot: Slot<A> = { key, seq, value }
+    // Sift up by moving parents into the hole, then fill it once.
+    let i = slots.length
+    slots.push(slot)
+    while (i > 0) {
+      const parent = (i - 1) >> 1
+      const above = slots[parent]!
+      if (!before(slot, above)) break
+      slots[i] = above
+      i = parent
+    }
+    slots[i] = slot
     return seq
   }
 
   /** The smallest key, or `undefined` when empty. */
   peekKey(): number | undefined {
-    return this.keys[0]
+    return this.slots[0]?.key
   }
 
   /** The value under the smallest key, or `undefined` when empty. */
   peek(): A | undefined {
-    return this.values[0]
+    return this.slots[0]?.value
   }
 
   /** Removes and returns the value under the smallest key. */
   pop(): A | undefined {
-    const n = this.keys.length
-    if (n === 0) return undefined
-    const top = this.values[0]
-    const last = n - 1
-    this.swap(0, last)
-    this.keys.pop()
-    this.seqs.pop()
-    this.values.pop()
-    if (last > 0) this.down(0)
-    return top
+    const slots = this.slots
+    const top = slots[0]
+    const last = slots.pop()
+    if (top === undefined || last === undefined || slots.length === 0) return top?.value
+    // Sift the last slot down from the root by moving smaller children into the hole.
+    const n = slots.length
+    let i = 0
+    for (;;) {
+      const l = 2 * i + 1
+      if (l >= n) break
+      const r = l + 1
+      const child = r < n && before(slots[r]!, slots[l]!) ? r : l
+      if (!before(slots[child]!, last)) break
+      slots[i] = slots[child]!
+      i = child
+    }
+    slots[i] = last
+    return top.value
   }
 
   /** Empties the heap. */
   clear(): void {
-    this.keys = []
-    this.seqs = []
-    this.values = []
-  }
-
-  private less(i: number, j: number): boolean {
-    const a = this.keys[i]!
-    const b = this.keys[j]!
-    return a < b || (a === b && this.seqs[i]! < this.seqs[j]!)
-  }
-
-  private swap(i: number, j: number): void {
-    ;[this.keys[i], this.keys[j]] = [this.keys[j]!, this.keys[i]!]
-    ;[this.seqs[i], this.seqs[j]] = [this.seqs[j]!, this.seqs[i]!]
-    ;[this.values[i], this.values[j]] = [this.values[j]!, this.values[i]!]
-  }
-
-  private up(i: number): void {
-    while (i > 0) {
-      const parent = (i - 1) >> 1
-      if (!this.less(i, parent)) return
-      this.swap(i, parent)
-      i = parent
-    }
-  }
-
-  private down(i: number): void {
-    const n = this.keys.length
-    for (;;) {
-      const l = 2 * i + 1
-      const r = l + 1
-      let m = i
-      if (l < n && this.less(l, m)) m = l
-      if (r < n && this.less(r, m)) m = r
-      if (m === i) return
-      this.swap(i, m)
-      i = m
-    }
+    this.slots = []
   }
 }
