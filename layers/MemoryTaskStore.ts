@@ -10,6 +10,7 @@ import type { Priority, TaskId } from "../src/Task.js"
 import { TaskRecord } from "../src/Task.js"
 import {
   defaultRetention,
+  type Outcome,
   type StartResult,
   started,
   TaskStore,
@@ -60,6 +61,13 @@ export const make = (options: MemoryTaskStoreOptions = {}): Effect.Effect<TaskSt
         sweep(now)
         return f(now)
       })
+
+    const finishOne = (taskId: string, token: string, outcome: Outcome, now: number) => {
+      const slot = slots.get(taskId)
+      if (slot === undefined || slot.token !== token) return false
+      update(slot, now, outcome)
+      return true
+    }
 
     return {
       create: (taskId, priority) =>
@@ -112,13 +120,19 @@ export const make = (options: MemoryTaskStoreOptions = {}): Effect.Effect<TaskSt
           update(slot, now, { status: "PROCESSING", attempts: lease.attempt })
           return started
         }),
-      finish: (taskId, token, outcome) =>
+      finish: (taskId, token, outcome) => withNow((now) => finishOne(taskId, token, outcome, now)),
+      release: (taskId, token) =>
         withNow((now) => {
           const slot = slots.get(taskId)
-          if (slot === undefined || slot.token !== token) return false
-          update(slot, now, outcome)
+          if (slot === undefined || slot.token !== token || slot.record.status !== "PROCESSING") return false
+          slot.token = ""
+          update(slot, now, { status: "PENDING", attempts: Math.max(0, slot.record.attempts - 1) })
           return true
         }),
+      finishMany: (outcomes) =>
+        withNow((now) =>
+          outcomes.map(({ outcome, taskId, token }) => finishOne(taskId, token, outcome, now))
+        ),
       reset: (taskId) =>
         withNow((now) => {
           const slot = slots.get(taskId)

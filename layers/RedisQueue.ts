@@ -326,6 +326,19 @@ export const makeBackend = (
             (held) => (held === 1 ? Effect.void : Effect.fail(lost(id)))
           )
         ),
+      ackMany: (leases) =>
+        Effect.ensuring(
+          Effect.map(
+            evalScript(
+              Scripts.ack,
+              leases.flatMap(({ id, token }) => [id, token])
+            ),
+            (reply) => (reply as ReadonlyArray<number>).map((held) => held === 1)
+          ),
+          Effect.sync(() => {
+            for (const { token } of leases) positions.delete(token)
+          })
+        ),
       nack: (id, token, options) => settled(token, nack(id, token, options)),
       release: (id, token) =>
         Effect.suspend(() => {

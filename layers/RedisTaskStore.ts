@@ -116,6 +116,15 @@ end
 return out`
 )
 
+/** ARGV: token, now. 1 when given back (PENDING, the attempt not counted), 0 when the token no longer holds. */
+const releaseScript = Connection.script(
+  "release",
+  `if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] or redis.call('HGET', KEYS[1], 'status') ~= 'PROCESSING' then return 0 end
+local attempts = math.max(0, (tonumber(redis.call('HGET', KEYS[1], 'attempts')) or 1) - 1)
+redis.call('HSET', KEYS[1], 'status', 'PENDING', 'attempts', attempts, 'updated_at', ARGV[2], 'token', '')
+return 1`
+)
+
 /** ARGV: now. 1 when reset, 0 when unknown. */
 const resetScript = Connection.script(
   "reset",
@@ -126,7 +135,7 @@ redis.call('PERSIST', KEYS[1])
 return 1`
 )
 
-const scripts = [createScript, startScript, finishScript, resetScript]
+const scripts = [createScript, startScript, finishScript, releaseScript, resetScript]
 
 /** A record hash as stored. */
 const RecordHash = Schema.Struct({
@@ -219,23 +228,21 @@ export const make = (
           [calls[0]!.now, ...calls.flatMap((c) => [c.token, c.attempt, c.priority])]
         ) as Promise<ReadonlyArray<unknown>>
     })
-    const finishBatch = Connection.batched({
-      max: maxBatch,
-      flush: (calls: ReadonlyArray<FinishCall>) =>
-        connection.evalPromise(
-          finishScript,
-          calls.map((c) => c.key),
-          [
-            calls[0]!.now,
-            retentionMillis,
-            ...calls.flatMap(({ outcome, token }) =>
-              outcome.status === "COMPLETED"
-                ? [token, outcome.status, "result", JSON.stringify(outcome.result)]
-                : [token, outcome.status, "error", outcome.error]
-            )
-          ]
-        ) as Promise<ReadonlyArray<unknown>>
-    })
+    const flushFinish = (calls: ReadonlyArray<FinishCall>) =>
+      connection.evalPromise(
+        finishScript,
+        calls.map((c) => c.key),
+        [
+          calls[0]!.now,
+          retentionMillis,
+          ...calls.flatMap(({ outcome, token }) =>
+            outcome.status === "COMPLETED"
+              ? [token, outcome.status, "result", JSON.stringify(outcome.result)]
+              : [token, outcome.status, "error", outcome.error]
+          )
+        ]
+      ) as Promise<ReadonlyArray<unknown>>
+    const finishBatch = Connection.batched({ max: maxBatch, flush: flushFinish })
 
     const malformed = (taskId: string, reason: string) =>
       new QueueError({ message: `the record of task ${taskId} is malformed: ${reason}` })
@@ -304,6 +311,23 @@ export const make = (
             (reply) => reply === 1
           )
         ),
+      release: (taskId, token) =>
+        Effect.flatMap(Clock.currentTimeMillis, (now) =>
+          Effect.map(run(releaseScript, key(taskId), [token, now]), (reply) => reply === 1)
+        ),
+      finishMany: (outcomes) =>
+        outcomes.length === 0
+          ? Effect.succeed([])
+          : Effect.flatMap(Clock.currentTimeMillis, (now) =>
+              Effect.map(
+                connection.run(finishScript.name, () =>
+                  flushFinish(
+                    outcomes.map(({ outcome, taskId, token }) => ({ key: key(taskId), token, outcome, now }))
+                  )
+                ),
+                (replies) => replies.map((reply) => reply === 1)
+              )
+            ),
       reset: (taskId) =>
         Effect.flatMap(Clock.currentTimeMillis, (now) =>
           Effect.map(run(resetScript, key(taskId), [now]), (reply) => reply === 1)

@@ -23,6 +23,12 @@ export interface RawLease {
   readonly token: string
 }
 
+/** A lease to ack: the task's id and the holder's token. */
+export interface RawAck {
+  readonly id: string
+  readonly token: string
+}
+
 /** A dead-lettered task as stored: its body, the last error and when it died (epoch ms). */
 export interface RawDeadLetter {
   readonly id: string
@@ -70,6 +76,13 @@ export interface QueueBackend {
     timeout: Duration.Duration
   ) => Effect.Effect<ReadonlyArray<RawLease>, QueueError>
   readonly ack: (id: string, token: string) => Effect.Effect<void, QueueError | LeaseLost>
+  /**
+   * Acks several leases in one round trip: `true` each one acked, `false` where the token no
+   * longer held. Optional: without it, `QueueManager.ackAll` acks one after another.
+   */
+  readonly ackMany?:
+    | ((leases: ReadonlyArray<RawAck>) => Effect.Effect<ReadonlyArray<boolean>, QueueError>)
+    | undefined
   readonly nack: (id: string, token: string, options: RawNack) => Effect.Effect<void, QueueError | LeaseLost>
   /**
    * Gives back a task its holder never ran: back to pending, this attempt not counted (Redis and

@@ -23,7 +23,7 @@ import {
   Tracer
 } from "effect"
 import { InvalidTask, type LeaseLost, QueueError } from "./Errors.js"
-import type { QueueBackend, QueueStats, RawLease, RawTask } from "./QueueBackend.js"
+import type { QueueBackend, QueueStats, RawAck, RawLease, RawTask } from "./QueueBackend.js"
 import {
   defaultPriority,
   isJsonValue,
@@ -129,6 +129,11 @@ export interface QueueManagerService {
     max: number,
     timeout?: Duration.DurationInput
   ) => Effect.Effect<ReadonlyArray<Delivery>, QueueError>
+  /**
+   * Acks several deliveries in one round trip (a worker's completed tasks); one answer each, in
+   * order: `true` when acked, `false` when the lease no longer held (where `ack` fails with `LeaseLost`).
+   */
+  readonly ackAll: (deliveries: ReadonlyArray<Delivery>) => Effect.Effect<ReadonlyArray<boolean>, QueueError>
   /** Tasks waiting to run: pending plus delayed. */
   readonly length: Effect.Effect<number, QueueError>
   /** Removes the waiting (pending and delayed) tasks; returns how many. In-flight and dead ones stay. */
@@ -337,6 +342,17 @@ export const make = (options: {
   const { backend, queueName } = options
   const leaseMillis = Duration.toMillis(options.leaseDuration)
   const attributes = { "queue.name": queueName, "queue.backend": backend.kind }
+  /** The backend's batched ack, or one ack after another where it has none. */
+  const ackMany =
+    backend.ackMany ??
+    ((leases: ReadonlyArray<RawAck>) =>
+      Effect.forEach(leases, ({ id, token }) =>
+        backend.ack(id, token).pipe(
+          Effect.as(true),
+          Effect.catchTag("LeaseLost", () => Effect.succeed(false))
+        )
+      ))
+
   /**
    * The public operation `name`: `body` of the running fiber, in a span. A span costs more than a
    * memory-backend operation, so it is made only when a tracer that exports spans is installed
@@ -443,6 +459,12 @@ export const make = (options: {
       operation("QueueManager.pull", undefined, (fiber) => claimFor(1, timeout, fiber, firstDelivery)),
     pullBatch: (max, timeout = defaultTimeout) =>
       operation("QueueManager.pullBatch", undefined, (fiber) => claimFor(max, timeout, fiber, identity)),
+    ackAll: (deliveries) =>
+      deliveries.length === 0
+        ? Effect.succeed([])
+        : operation("QueueManager.ackAll", undefined, () =>
+            ackMany(deliveries.map((delivery) => ({ id: delivery.message.taskId, token: delivery.token })))
+          ),
     length: operation("QueueManager.length", undefined, () =>
       Effect.map(backend.stats, (s) => s.pending + s.delayed)
     ),

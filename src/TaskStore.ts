@@ -40,6 +40,13 @@ export interface LeaseInfo {
   readonly priority: number
 }
 
+/** One delivery's outcome, for {@link TaskStoreService.finishMany}. */
+export interface FinishInfo {
+  readonly taskId: string
+  readonly token: string
+  readonly outcome: Outcome
+}
+
 /** The operations of a task store. */
 export interface TaskStoreService {
   /** Records a new task as PENDING; fails with `DuplicateTask` when the id is known. */
@@ -58,6 +65,16 @@ export interface TaskStoreService {
    * delivery has started since, or the record is gone.
    */
   readonly finish: (taskId: string, token: string, outcome: Outcome) => Effect.Effect<boolean, QueueError>
+  /**
+   * The delivery holding `token` gives the task back without running it (a prefetched task at
+   * shutdown): PENDING again, its attempt not counted; `false` (and nothing changed) when another
+   * delivery has started since, or the record is gone.
+   */
+  readonly release: (taskId: string, token: string) => Effect.Effect<boolean, QueueError>
+  /** `finish` for several deliveries in one call (a worker's outcomes of one event-loop turn); one answer each, in order. */
+  readonly finishMany: (
+    outcomes: ReadonlyArray<FinishInfo>
+  ) => Effect.Effect<ReadonlyArray<boolean>, QueueError>
   /**
    * The task is being put back in the queue by hand (a retried dead letter): PENDING again, with
    * its outcome cleared; `false` when unknown. Call it before re-queueing the task, or its next

@@ -163,6 +163,16 @@ type Verdict =
   | { readonly _tag: "Retry"; readonly error: string }
   | { readonly _tag: "Failed"; readonly error: string }
 
+/** A run that completed, waiting for the settler. */
+interface Completion {
+  readonly delivery: Delivery
+  readonly result: JsonValue
+  readonly durationMillis: number
+}
+
+/** The most completed runs recorded and acked in one call each. */
+const maxSettleBatch = 256
+
 /** A prefetched or running delivery: its lease is renewed while it is in the leased set. */
 interface Leased {
   readonly delivery: Delivery
@@ -340,31 +350,120 @@ const startWorker = (
     const record = (delivery: Delivery, outcome: Outcome) =>
       Effect.either(retryQueueError(store.finish(delivery.message.taskId, delivery.token, outcome)))
 
+    const leaseExpiredWarning = Effect.logWarning(
+      "the lease expired before the message was settled: the recorded outcome stands, and the next delivery is settled without running"
+    )
+
     /** Settles the message after its outcome was recorded; a lost lease or an outage leaves it to lease expiry. */
     const settleMessage = (effect: Effect.Effect<void, QueueError | LeaseLost>) =>
       Effect.catchAll(retryQueueError(effect), (error) =>
         error._tag === "LeaseLost"
-          ? Effect.logWarning(
-              "the lease expired before the message was settled: the recorded outcome stands, and the next delivery is settled without running"
-            )
+          ? leaseExpiredWarning
           : Effect.logError(
               "could not settle the message: it comes back when its lease expires, and is then settled as recorded",
               error
             )
       )
 
-    /** The common end of a run: recorded COMPLETED, then acked. */
-    const settleCompleted = (delivery: Delivery, result: JsonValue, durationMillis: number) =>
-      Effect.flatMap(record(delivery, { status: "COMPLETED", result }), (recorded) => {
-        if (Either.isLeft(recorded)) return release(delivery, "could not record the task's outcome")
-        if (!recorded.right) return discard()
-        return Effect.flatMap(settleMessage(delivery.ack), () => {
-          completed.unsafeUpdate(1, [])
-          return infoEnabled
-            ? Effect.annotateLogs(Effect.logInfo("task completed"), "durationMs", durationMillis)
-            : Effect.void
-        })
+    /**
+     * Completed runs, recorded and acked by the settler in batches (one `finishMany` and one
+     * `ackAll` for all the runs that ended since its last batch) instead of two calls each. A
+     * completed run leaves `held` once its batch is settled.
+     */
+    const completions: Array<Completion> = []
+    /** Completions queued or being settled; the shutdown waits for none. */
+    let unsettled = 0
+    const completionsWaiting = yield* Effect.makeLatch(false)
+    const allSettled = yield* Effect.makeLatch(true)
+
+    const complete = (completion: Completion) => {
+      completions.push(completion)
+      if (unsettled++ === 0) allSettled.unsafeClose()
+      completionsWaiting.unsafeOpen()
+    }
+
+    /** A log line about one completion (the settler's fiber is not the task's: annotated here). */
+    const logFor = (completion: Completion, log: Effect.Effect<void>) =>
+      Effect.annotateLogs(log, {
+        taskId: completion.delivery.message.taskId,
+        attempt: completion.delivery.message.attempt
       })
+
+    /** Records a batch of completed runs, then acks those recorded; never fails. */
+    const settleCompletions = (batch: ReadonlyArray<Completion>) =>
+      Effect.gen(function* () {
+        const recorded = yield* Effect.either(
+          retryQueueError(
+            store.finishMany(
+              batch.map(({ delivery, result }) => ({
+                taskId: delivery.message.taskId,
+                token: delivery.token,
+                outcome: { status: "COMPLETED", result }
+              }))
+            )
+          )
+        )
+        if (Either.isLeft(recorded)) {
+          return yield* Effect.forEach(
+            batch,
+            (completion) =>
+              logFor(completion, release(completion.delivery, "could not record the task's outcome")),
+            { concurrency: "unbounded", discard: true }
+          )
+        }
+        const recordedOnes: Array<Completion> = []
+        for (let i = 0; i < batch.length; i++) {
+          if (recorded.right[i]) recordedOnes.push(batch[i]!)
+          else yield* logFor(batch[i]!, discard())
+        }
+        if (recordedOnes.length === 0) return
+        const acked = yield* Effect.either(retryQueueError(queue.ackAll(recordedOnes.map((c) => c.delivery))))
+        if (Either.isLeft(acked)) {
+          yield* Effect.logError(
+            `could not settle ${recordedOnes.length} message(s): they come back when their leases expire, and are then settled as recorded`,
+            acked.left
+          )
+        } else {
+          for (let i = 0; i < recordedOnes.length; i++) {
+            if (!acked.right[i]) yield* logFor(recordedOnes[i]!, leaseExpiredWarning)
+          }
+        }
+        completed.unsafeUpdate(recordedOnes.length, [])
+        if (infoEnabled) {
+          for (const completion of recordedOnes) {
+            yield* logFor(
+              completion,
+              Effect.annotateLogs(Effect.logInfo("task completed"), "durationMs", completion.durationMillis)
+            )
+          }
+        }
+      }).pipe(
+        Effect.catchAllCause((cause) =>
+          Effect.logError(
+            "unexpected failure while settling completed tasks: they come back when their leases expire",
+            cause
+          )
+        ),
+        Effect.ensuring(
+          Effect.sync(() => {
+            held -= batch.length
+            unsettled -= batch.length
+            if (unsettled === 0) allSettled.unsafeOpen()
+            changed.unsafeOpen()
+          })
+        ),
+        Effect.uninterruptible
+      )
+
+    const settler = Effect.gen(function* () {
+      for (;;) {
+        while (completions.length === 0) {
+          completionsWaiting.unsafeClose()
+          yield* completionsWaiting.await
+        }
+        yield* settleCompletions(completions.splice(0, maxSettleBatch))
+      }
+    })
 
     /** Every other end of a run (a retry, a failure), annotated with the task. */
     const settleFailed = (
@@ -399,10 +498,11 @@ const startWorker = (
         )
       })
 
-    const settle = (delivery: Delivery, verdict: Verdict, durationMillis: number) =>
-      verdict._tag === "Completed"
-        ? settleCompleted(delivery, verdict.result, durationMillis)
-        : settleFailed(delivery, verdict, durationMillis)
+    const settle = (
+      delivery: Delivery,
+      verdict: Exclude<Verdict, { readonly _tag: "Completed" }>,
+      durationMillis: number
+    ) => settleFailed(delivery, verdict, durationMillis)
 
     /** A delivery whose outcome an earlier delivery already recorded: settle it as recorded. */
     const settleFinished = (delivery: Delivery, finished: TaskRecord) =>
@@ -430,9 +530,14 @@ const startWorker = (
       return permanent || attempt >= maxAttempts ? { _tag: "Failed", error } : { _tag: "Retry", error }
     }
 
-    /** Gives back a delivery that never ran (shutdown came first): its attempt is not counted. */
+    /**
+     * Gives back a delivery that never ran (shutdown came first): to the queue, then its record
+     * back to PENDING (fenced by the token, should another worker have started it meanwhile); its
+     * attempt is not counted.
+     */
     const giveBack = (delivery: Delivery) =>
       delivery.release.pipe(
+        Effect.zipRight(store.release(delivery.message.taskId, delivery.token)),
         Effect.zipRight(Effect.logDebug("prefetched task given back unrun")),
         Effect.catchAll((error) =>
           Effect.logWarning(
@@ -452,6 +557,8 @@ const startWorker = (
       const entry: Leased = { delivery }
       leased.add(entry)
       let counted = true
+      /** Set when the run completed and the settler took the delivery over. */
+      let handedOver = false
       const doneRunning = () => {
         if (!counted) return
         counted = false
@@ -474,7 +581,13 @@ const startWorker = (
           doneRunning()
           const durationMillis = clock.unsafeCurrentTimeMillis() - startedAt
           duration.unsafeUpdate(durationMillis, [])
-          const settled = settle(delivery, verdictOf(exit, message.attempt), durationMillis)
+          const verdict = verdictOf(exit, message.attempt)
+          if (verdict._tag === "Completed") {
+            handedOver = true
+            complete({ delivery, result: verdict.result, durationMillis })
+            return Effect.void
+          }
+          const settled = settle(delivery, verdict, durationMillis)
           return Exit.isFailure(exit) && Cause.isDie(exit.cause)
             ? Effect.zipRight(Effect.logWarning("the pipeline died", exit.cause), settled)
             : settled
@@ -523,7 +636,7 @@ const startWorker = (
         Effect.ensuring(
           Effect.sync(() => {
             doneRunning()
-            held--
+            if (!handedOver) held--
             changed.unsafeOpen()
           })
         )
@@ -596,6 +709,7 @@ const startWorker = (
       Effect.forkScoped
     )
     const fetcher = yield* pullLoop.pipe(Effect.interruptible, Effect.forkScoped)
+    const settling = yield* settler.pipe(Effect.interruptible, Effect.forkScoped)
 
     yield* Effect.addFinalizer(() =>
       Effect.gen(function* () {
@@ -620,6 +734,9 @@ const startWorker = (
             yield* Fiber.interruptAll(left)
           }
         }
+        // Completed runs are recorded and acked before the worker stops.
+        yield* allSettled.await
+        yield* Fiber.interrupt(settling)
         yield* Fiber.interrupt(keeper)
         yield* Effect.logInfo("worker stopped")
       })

@@ -40,7 +40,7 @@ describe("host app", () => {
 })
 
 describe("host app worker", () => {
-  it.scoped("composes a worker as the README shows and runs a typed pipeline to COMPLETED", () =>
+  it.scopedLive("composes a worker as the README shows and runs a typed pipeline to COMPLETED", () =>
     Effect.gen(function* () {
       const Resize = Schema.Struct({ width: Schema.Int.pipe(Schema.positive()) })
       const resize = Pipeline.make({

@@ -618,7 +618,11 @@ describe("TaskWorker", () => {
         expect(yield* stats).toEqual({ pending: 3, inFlight: 0, delayed: 0, dead: 0 })
         yield* TestClock.adjust("1 minute")
         expect(probe.runs).toHaveLength(2)
-        // s2 and s3 were prefetched: given back at their place, their attempt not counted.
+        // s2, s3 and s4 were prefetched: given back at their place, their attempt not counted, their
+        // records PENDING again.
+        for (const id of ["s2", "s3", "s4"]) {
+          expect(yield* recordOf(id)).toMatchObject({ status: "PENDING", attempts: 0 })
+        }
         const next = yield* queue.pullBatch(3)
         expect(next.map((d) => [d.message.taskId, d.message.attempt])).toEqual([
           ["s2", 1],
@@ -782,6 +786,65 @@ describe("TaskWorker", () => {
           )
         )
       )
+    )
+  })
+
+  it.scoped("every log of a task carries its id and attempt: the pipeline's own and the worker's", () => {
+    const lines: Array<{ readonly message: unknown; readonly annotations: Record<string, unknown> }> = []
+    const capture = Logger.make(({ annotations, message }) => {
+      lines.push({ message, annotations: Object.fromEntries(annotations) })
+    })
+    const logging = Pipeline.make({
+      name: "logging",
+      schema: Schema.Struct({ fail: Schema.Boolean }),
+      run: ({ fail }) =>
+        Effect.zipRight(
+          Effect.logInfo("inside the pipeline"),
+          fail ? Effect.fail(new Error("nope")) : Effect.succeed("ok")
+        )
+    })
+    const messageOf = (line: (typeof lines)[number]) =>
+      Array.isArray(line.message) ? line.message[0] : line.message
+    const linesOf = (text: string) => lines.filter((line) => messageOf(line) === text)
+    return Effect.gen(function* () {
+      const queue = yield* QM.QueueManager
+      yield* queue.pushBatch([
+        { taskId: "fine", data: { fail: false } },
+        { taskId: "broken", data: { fail: true } }
+      ])
+      yield* TaskWorker.start
+      yield* untilEffect(statusIs("fine", "COMPLETED"))
+      yield* untilEffect(statusIs("broken", "RETRYING"))
+      yield* until(
+        () =>
+          linesOf("task completed").length === 1 && linesOf("task failed; it will be retried").length === 1
+      )
+      expect(linesOf("inside the pipeline").map((line) => line.annotations)).toEqual(
+        expect.arrayContaining([
+          expect.objectContaining({ taskId: "fine", attempt: 1 }),
+          expect.objectContaining({ taskId: "broken", attempt: 1 })
+        ])
+      )
+      expect(linesOf("task completed")[0]!.annotations).toMatchObject({ taskId: "fine", attempt: 1 })
+      expect(linesOf("task completed")[0]!.annotations).toHaveProperty("durationMs")
+      expect(linesOf("task failed; it will be retried")[0]!.annotations).toMatchObject({
+        taskId: "broken",
+        attempt: 1,
+        error: "nope"
+      })
+    }).pipe(
+      Effect.provide(
+        TaskWorker.layer({ concurrency: 2 }).pipe(
+          Layer.provideMerge(
+            Layer.mergeAll(
+              MemoryQueue.layer({ queueName: uniqueQueueName("worker") }),
+              MemoryTaskStore.layer(),
+              Pipeline.Pipeline.layer(logging)
+            )
+          )
+        )
+      ),
+      Effect.provide(Logger.replace(Logger.defaultLogger, capture))
     )
   })
 

@@ -369,6 +369,20 @@ export const conformance = (backend: BackendUnderTest) =>
         )
     )
 
+    it.live("ackAll acks several deliveries in one call; a spent lease answers false", () =>
+      withQueue((queue) =>
+        Effect.gen(function* () {
+          yield* queue.pushBatch([1, 2, 3].map((n) => ({ taskId: `a${n}`, data: meeting(n) })))
+          const [d1, d2, d3] = yield* queue.pullBatch(3)
+          expect(yield* queue.ackAll([d1!, d2!])).toEqual([true, true])
+          expect(yield* queue.ackAll([d1!, d3!])).toEqual([false, true])
+          expect(yield* queue.ackAll([])).toEqual([])
+          expect(yield* queue.stats).toMatchObject({ pending: 0, inFlight: 0, dead: 0 })
+          expect(Option.isNone(yield* queue.pull(Duration.millis(50)))).toBe(true)
+        })
+      )
+    )
+
     it.live("nack with a delay keeps the task out of reach until then", () =>
       withQueue((queue) =>
         Effect.gen(function* () {

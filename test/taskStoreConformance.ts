@@ -121,6 +121,60 @@ export const taskStoreConformance = (store: StoreUnderTest) =>
         })
       ))
 
+    test("release: a started delivery gives the task back unrun (PENDING, attempt not counted), fenced by its token", () =>
+      withStore((tasks) =>
+        Effect.gen(function* () {
+          yield* tasks.create("back", 4)
+          yield* tasks.start("back", lease("t1", 1))
+          expect(yield* tasks.release("back", "other")).toBe(false)
+          expect(yield* tasks.release("back", "t1")).toBe(true)
+          expect(Option.getOrThrow(yield* tasks.get("back"))).toMatchObject({
+            status: "PENDING",
+            attempts: 0
+          })
+          // Spent: the token no longer holds; a finish of it is refused too.
+          expect(yield* tasks.release("back", "t1")).toBe(false)
+          expect(yield* tasks.finish("back", "t1", { status: "COMPLETED", result: 1 })).toBe(false)
+          yield* tasks.start("back", lease("t2", 1))
+          yield* tasks.finish("back", "t2", { status: "RETRYING", error: "flaky" })
+          yield* tasks.start("back", lease("t3", 2))
+          expect(yield* tasks.release("back", "t3")).toBe(true)
+          expect(Option.getOrThrow(yield* tasks.get("back"))).toMatchObject({
+            status: "PENDING",
+            attempts: 1
+          })
+          // A finished record is not released; unknown ids neither.
+          yield* tasks.start("back", lease("t4", 2))
+          yield* tasks.finish("back", "t4", { status: "COMPLETED", result: "ok" })
+          expect(yield* tasks.release("back", "t4")).toBe(false)
+          expect(Option.getOrThrow(yield* tasks.get("back"))).toMatchObject({ status: "COMPLETED" })
+          expect(yield* tasks.release("nobody", "t1")).toBe(false)
+        })
+      ))
+
+    test("finishMany records several outcomes in one call, each fenced by its token, answers in order", () =>
+      withStore((tasks) =>
+        Effect.gen(function* () {
+          yield* tasks.start("m1", lease("a", 1))
+          yield* tasks.start("m2", lease("b", 1))
+          yield* tasks.start("m3", lease("c", 1))
+          const answers = yield* tasks.finishMany([
+            { taskId: "m1", token: "a", outcome: { status: "COMPLETED", result: { n: 1 } } },
+            { taskId: "m2", token: "stale", outcome: { status: "COMPLETED", result: 2 } },
+            { taskId: "m3", token: "c", outcome: { status: "FAILED", error: "no" } },
+            { taskId: "unknown", token: "d", outcome: { status: "COMPLETED", result: null } }
+          ])
+          expect(answers).toEqual([true, false, true, false])
+          expect(Option.getOrThrow(yield* tasks.get("m1"))).toMatchObject({
+            status: "COMPLETED",
+            result: { n: 1 }
+          })
+          expect(Option.getOrThrow(yield* tasks.get("m2"))).toMatchObject({ status: "PROCESSING" })
+          expect(Option.getOrThrow(yield* tasks.get("m3"))).toMatchObject({ status: "FAILED", error: "no" })
+          expect(yield* tasks.finishMany([])).toEqual([])
+        })
+      ))
+
     test("start leaves a finished record alone and returns it as Finished", () =>
       withStore((tasks) =>
         Effect.gen(function* () {
