@@ -67,34 +67,44 @@ const isPlainObject = (value: object): value is Record<string, unknown> => {
   return proto === Object.prototype || proto === null
 }
 
-const isJsonAt = (value: unknown, depth: number, path: Set<object>): boolean => {
-  switch (typeof value) {
-    case "string":
-    case "boolean":
-      return true
-    case "number":
-      return Number.isFinite(value)
-    case "object": {
-      if (value === null) return true
-      if (depth > maxJsonDepth || path.has(value)) return false
-      if (!Array.isArray(value) && !isPlainObject(value)) return false
-      path.add(value)
-      const ok = (Array.isArray(value) ? value : Object.values(value)).every((item) =>
-        isJsonAt(item, depth + 1, path)
-      )
-      path.delete(value)
-      return ok
+/** A JSON scalar: a string, a boolean, a finite number or `null`. */
+const isJsonScalar = (value: unknown): boolean =>
+  typeof value === "string" ||
+  typeof value === "boolean" ||
+  value === null ||
+  (typeof value === "number" && Number.isFinite(value))
+
+/**
+ * `value` is JSON; `path` holds the objects above it, to refuse cycles (made at the first nested
+ * object, since data without one cannot hold a cycle).
+ */
+const isJsonAt = (value: unknown, depth: number, path: Set<object> | undefined): boolean => {
+  if (typeof value !== "object" || value === null) return isJsonScalar(value)
+  if (depth > maxJsonDepth || path?.has(value)) return false
+  const items = Array.isArray(value) ? value : isPlainObject(value) ? Object.values(value) : undefined
+  if (items === undefined) return false
+  let below = path
+  let ok = true
+  for (let i = 0; ok && i < items.length; i++) {
+    if (!(i in items)) continue // a hole of a sparse array: nothing to check
+    const item: unknown = items[i]
+    if (typeof item !== "object" || item === null) {
+      ok = isJsonScalar(item)
+      continue
     }
-    default:
-      return false
+    below ??= new Set()
+    below.add(value)
+    ok = isJsonAt(item, depth + 1, below)
   }
+  below?.delete(value)
+  return ok
 }
 
 /**
  * True when `value` is plain JSON that survives `JSON.stringify` / `JSON.parse` unchanged:
  * no functions, BigInts, symbols, `undefined`, non-finite numbers, class instances or cycles.
  */
-export const isJsonValue = (value: unknown): value is JsonValue => isJsonAt(value, 0, new Set())
+export const isJsonValue = (value: unknown): value is JsonValue => isJsonAt(value, 0, undefined)
 
 /** Task data: any plain JSON value (see {@link isJsonValue}). */
 export const TaskData: Schema.Schema<JsonValue> = Schema.declare(isJsonValue, {

@@ -121,3 +121,29 @@ describe("task messages and ids", () => {
     }
   )
 })
+
+describe("isJsonValue edges", () => {
+  const nested = (depth: number, leaf: unknown): unknown => {
+    let value = leaf
+    for (let i = 0; i < depth; i++) value = [value]
+    return value
+  }
+
+  it("refuses cycles at any depth and accepts shared (acyclic) references", () => {
+    const cyclic: { a: { b: Record<string, unknown> } } = { a: { b: {} } }
+    cyclic.a.b.back = cyclic
+    const selfArray: Array<unknown> = []
+    selfArray.push(selfArray)
+    const shared = { x: 1 }
+    expect(isJsonValue(cyclic)).toBe(false)
+    expect(isJsonValue(selfArray)).toBe(false)
+    expect(isJsonValue({ a: shared, b: [shared, shared] })).toBe(true)
+  })
+
+  it("accepts up to 257 levels of nesting", () => {
+    expect(isJsonValue(nested(256, []))).toBe(true)
+    expect(isJsonValue(nested(257, []))).toBe(false)
+    expect(isJsonValue(nested(257, 1))).toBe(true)
+    expect(isJsonValue(nested(258, 1))).toBe(false)
+  })
+})
