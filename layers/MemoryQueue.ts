@@ -108,19 +108,19 @@ export const makeBackend = (leaseDuration: Duration.DurationInput): QueueBackend
   }
 
   /** Moves the entries of `heap` due by `now` back to pending; whether there were any. */
-  const release = (heap: MinHeap<Node>, state: State, now: number) => {
-    let released = false
+  const requeueDue = (heap: MinHeap<Node>, state: State, now: number) => {
+    let requeued = false
     for (let due = topKey(heap, state); due !== undefined && due <= now; due = topKey(heap, state)) {
       toPending(heap.pop()!.entry)
-      released = true
+      requeued = true
     }
-    return released
+    return requeued
   }
 
   /** Expired leases and due delays go back to pending. */
   const maintain = (now: number) => {
-    const expired = release(leases, "inflight", now)
-    if (release(delayed, "delayed", now) || expired) wake()
+    const expired = requeueDue(leases, "inflight", now)
+    if (requeueDue(delayed, "delayed", now) || expired) wake()
   }
 
   const holder = (id: string, token: string, now: number) => {
