@@ -10,6 +10,7 @@ import type { Priority, TaskId } from "../src/Task.js"
 import { TaskRecord } from "../src/Task.js"
 import {
   defaultRetention,
+  type LeaseInfo,
   type Outcome,
   type StartResult,
   started,
@@ -62,6 +63,31 @@ export const make = (options: MemoryTaskStoreOptions = {}): Effect.Effect<TaskSt
         return f(now)
       })
 
+    const startOne = (taskId: string, lease: LeaseInfo, now: number): StartResult => {
+      const slot = slots.get(taskId)
+      if (slot === undefined) {
+        const record = new TaskRecord(
+          {
+            taskId: taskId as TaskId,
+            status: "PROCESSING",
+            priority: lease.priority as Priority,
+            attempts: lease.attempt,
+            createdAt: now,
+            updatedAt: now
+          },
+          { disableValidation: true }
+        )
+        slots.set(taskId, { record, token: lease.token })
+        return started
+      }
+      if (slot.record.status === "COMPLETED" || slot.record.status === "FAILED") {
+        return { _tag: "Finished", record: slot.record }
+      }
+      slot.token = lease.token
+      update(slot, now, { status: "PROCESSING", attempts: lease.attempt })
+      return started
+    }
+
     const finishOne = (taskId: string, token: string, outcome: Outcome, now: number) => {
       const slot = slots.get(taskId)
       if (slot === undefined || slot.token !== token) return false
@@ -95,31 +121,9 @@ export const make = (options: MemoryTaskStoreOptions = {}): Effect.Effect<TaskSt
         ),
       get: (taskId) =>
         withNow(() => Option.map(Option.fromNullable(slots.get(taskId)), (slot) => slot.record)),
-      start: (taskId, lease) =>
-        withNow((now): StartResult => {
-          const slot = slots.get(taskId)
-          if (slot === undefined) {
-            const record = new TaskRecord(
-              {
-                taskId: taskId as TaskId,
-                status: "PROCESSING",
-                priority: lease.priority as Priority,
-                attempts: lease.attempt,
-                createdAt: now,
-                updatedAt: now
-              },
-              { disableValidation: true }
-            )
-            slots.set(taskId, { record, token: lease.token })
-            return started
-          }
-          if (slot.record.status === "COMPLETED" || slot.record.status === "FAILED") {
-            return { _tag: "Finished", record: slot.record }
-          }
-          slot.token = lease.token
-          update(slot, now, { status: "PROCESSING", attempts: lease.attempt })
-          return started
-        }),
+      start: (taskId, lease) => withNow((now) => startOne(taskId, lease, now)),
+      startMany: (starts) =>
+        withNow((now) => starts.map(({ lease, taskId }) => startOne(taskId, lease, now))),
       finish: (taskId, token, outcome) => withNow((now) => finishOne(taskId, token, outcome, now)),
       release: (taskId, token) =>
         withNow((now) => {

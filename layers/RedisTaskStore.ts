@@ -219,15 +219,13 @@ export const make = (
 
     // Starts and outcomes recorded in the same event-loop turn (by concurrent tasks) go to Redis
     // as one script call each; the clock of the turn's first call stamps them all.
-    const startBatch = Connection.batched({
-      max: maxBatch,
-      flush: (calls: ReadonlyArray<StartCall>) =>
-        connection.evalPromise(
-          startScript,
-          calls.map((c) => c.key),
-          [calls[0]!.now, ...calls.flatMap((c) => [c.token, c.attempt, c.priority])]
-        ) as Promise<ReadonlyArray<unknown>>
-    })
+    const flushStart = (calls: ReadonlyArray<StartCall>) =>
+      connection.evalPromise(
+        startScript,
+        calls.map((c) => c.key),
+        [calls[0]!.now, ...calls.flatMap((c) => [c.token, c.attempt, c.priority])]
+      ) as Promise<ReadonlyArray<unknown>>
+    const startBatch = Connection.batched({ max: maxBatch, flush: flushStart })
     const flushFinish = (calls: ReadonlyArray<FinishCall>) =>
       connection.evalPromise(
         finishScript,
@@ -254,6 +252,15 @@ export const make = (
       })
 
     const key = (taskId: string) => recordKey(queueName, taskId)
+
+    /** A start script's answer for one record: 1, or the fields of a finished record. */
+    const startResult = (taskId: string, reply: unknown): Effect.Effect<StartResult, QueueError> =>
+      Array.isArray(reply)
+        ? Effect.map(decoded(taskId, pairs(reply as ReadonlyArray<string>)), (record) => ({
+            _tag: "Finished",
+            record
+          }))
+        : Effect.succeed(started)
 
     return {
       create: (taskId, priority) =>
@@ -295,15 +302,28 @@ export const make = (
                 now
               })
             ),
-            (reply): Effect.Effect<StartResult, QueueError> =>
-              Array.isArray(reply)
-                ? Effect.map(decoded(taskId, pairs(reply as ReadonlyArray<string>)), (record) => ({
-                    _tag: "Finished",
-                    record
-                  }))
-                : Effect.succeed(started)
+            (reply) => startResult(taskId, reply)
           )
         ),
+      startMany: (starts) =>
+        starts.length === 0
+          ? Effect.succeed([])
+          : Effect.flatMap(Clock.currentTimeMillis, (now) =>
+              Effect.flatMap(
+                connection.run(startScript.name, () =>
+                  flushStart(
+                    starts.map(({ lease, taskId }) => ({
+                      key: key(taskId),
+                      token: lease.token,
+                      attempt: lease.attempt,
+                      priority: lease.priority,
+                      now
+                    }))
+                  )
+                ),
+                (replies) => Effect.forEach(replies, (reply, i) => startResult(starts[i]!.taskId, reply))
+              )
+            ),
       finish: (taskId, token, outcome: Outcome) =>
         Effect.flatMap(Clock.currentTimeMillis, (now) =>
           Effect.map(

@@ -40,6 +40,12 @@ export interface LeaseInfo {
   readonly priority: number
 }
 
+/** One delivery's start, for {@link TaskStoreService.startMany}. */
+export interface StartInfo {
+  readonly taskId: string
+  readonly lease: LeaseInfo
+}
+
 /** One delivery's outcome, for {@link TaskStoreService.finishMany}. */
 export interface FinishInfo {
   readonly taskId: string
@@ -60,6 +66,10 @@ export interface TaskStoreService {
    * while the record is kept, so a finished task runs again only after `reset`.
    */
   readonly start: (taskId: string, lease: LeaseInfo) => Effect.Effect<StartResult, QueueError>
+  /** `start` for several deliveries in one call (a worker's claimed batch); one answer each, in order. */
+  readonly startMany: (
+    starts: ReadonlyArray<StartInfo>
+  ) => Effect.Effect<ReadonlyArray<StartResult>, QueueError>
   /**
    * Records how the delivery holding `token` ended; `false` (and nothing changed) when another
    * delivery has started since, or the record is gone.

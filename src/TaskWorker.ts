@@ -173,11 +173,6 @@ interface Completion {
 /** The most completed runs recorded and acked in one call each. */
 const maxSettleBatch = 256
 
-/** A prefetched or running delivery: its lease is renewed while it is in the leased set. */
-interface Leased {
-  readonly delivery: Delivery
-}
-
 const validate = (options: TaskWorkerOptions) => {
   const concurrency = options.concurrency ?? defaults.concurrency
   const maxAttempts = options.maxAttempts ?? defaults.maxAttempts
@@ -280,7 +275,6 @@ const startWorker = (
     })
 
     const tasks = yield* FiberSet.make<void, never>()
-    const leased = new Set<Leased>()
     const clock = yield* Effect.clock
     // A span per run only when a tracer that exports spans is installed: Effect's default tracer
     // keeps its spans to itself, and a span costs more than the rest of a short task's bookkeeping.
@@ -299,27 +293,38 @@ const startWorker = (
      */
     let held = 0
     const changed = yield* Effect.makeLatch(true)
-    /** Free run slots, and the deliveries waiting for one (in claim order): `true` runs, `false` is given back. */
-    let freeSlots = concurrency
-    const waiters: Array<(exit: Exit.Exit<boolean>) => void> = []
-    /** Set when the shutdown begins: waiting deliveries are given back without running. */
+    /**
+     * Deliveries recorded as started and waiting for a slot, in claim order, and the idle slots
+     * waiting for one: `concurrency` slot fibers run one task after another, so a task costs no
+     * fiber of its own (nor a copy of the pipeline's context).
+     */
+    const ready: Array<Delivery> = []
+    const idleSlots: Array<(exit: Exit.Exit<Delivery | undefined>) => void> = []
+    /** Set when the shutdown begins: idle slots stop; waiting deliveries are given back without running. */
     let stopping = false
-    const acquireSlot: Effect.Effect<boolean> = Effect.async<boolean>((resume) => {
-      if (stopping) return resume(Exit.succeed(false))
-      if (freeSlots > 0) {
-        freeSlots--
-        return resume(Exit.succeed(true))
-      }
-      waiters.push(resume)
+    const offerReady = (delivery: Delivery) => {
+      const slot = idleSlots.shift()
+      if (slot === undefined) ready.push(delivery)
+      else slot(Exit.succeed(delivery))
+    }
+    const nextReady: Effect.Effect<Delivery | undefined> = Effect.async<Delivery | undefined>((resume) => {
+      const delivery = ready.shift()
+      if (delivery !== undefined) return resume(Exit.succeed(delivery))
+      if (stopping) return resume(Exit.succeed(undefined))
+      idleSlots.push(resume)
       return Effect.sync(() => {
-        const at = waiters.indexOf(resume)
-        if (at >= 0) waiters.splice(at, 1)
+        const at = idleSlots.indexOf(resume)
+        if (at >= 0) idleSlots.splice(at, 1)
       })
     })
-    const yieldSlot = () => {
-      const next = waiters.shift()
-      if (next === undefined) freeSlots++
-      else next(Exit.succeed(true))
+    /** Claimed deliveries not yet done running (their leases are renewed), and those whose lease was lost. */
+    const leased = new Set<Delivery>()
+    const leaseLost = new WeakSet<Delivery>()
+    /** The delivery will not run (any more): it leaves `outstanding`. */
+    const doneRunning = (delivery: Delivery) => {
+      if (!leased.delete(delivery)) return
+      outstanding--
+      changed.unsafeOpen()
     }
     /** Set when the shutdown deadline passed: interrupted runs are then recorded "shutdown timeout". */
     let deadlinePassed = false
@@ -547,26 +552,35 @@ const startWorker = (
         )
       )
 
+    /** Ends a delivery that does not run here (`effect` settles or gives it back); never fails. */
+    const early = (delivery: Delivery, effect: Effect.Effect<void>) =>
+      effect.pipe(
+        Effect.catchAllCause((cause) =>
+          Cause.isInterruptedOnly(cause) && deadlinePassed
+            ? Effect.void
+            : Effect.logError(
+                "unexpected failure while handling a task: unless it was settled, it comes back when its lease expires",
+                cause
+              )
+        ),
+        Effect.annotateLogs({ taskId: delivery.message.taskId, attempt: delivery.message.attempt }),
+        Effect.ensuring(
+          Effect.sync(() => {
+            doneRunning(delivery)
+            held--
+            changed.unsafeOpen()
+          })
+        )
+      )
+
     /**
-     * Records the start of one delivery, waits for a run slot, runs its pipeline, then settles it;
-     * never fails. It leaves `outstanding` when its run ends (or when it will not run), `held` once
-     * it is settled.
+     * Runs one delivery's pipeline on a slot fiber, then hands a completed run to the settler or
+     * settles any other end itself; never fails. The slot's log annotations name the task meanwhile.
      */
-    const handle = (delivery: Delivery): Effect.Effect<void, never, unknown> => {
+    const runOne = (delivery: Delivery, baseAnnotations: HashMap.HashMap<string, unknown>) => {
       const message = delivery.message
-      const entry: Leased = { delivery }
-      leased.add(entry)
-      let counted = true
-      /** Set when the run completed and the settler took the delivery over. */
       let handedOver = false
-      const doneRunning = () => {
-        if (!counted) return
-        counted = false
-        leased.delete(entry)
-        outstanding--
-        changed.unsafeOpen()
-      }
-      const run = (restore: <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>) => {
+      return Effect.uninterruptibleMask((restore) => {
         started.unsafeUpdate(1, [])
         const startedAt = clock.unsafeCurrentTimeMillis()
         const traced = tracing
@@ -576,55 +590,29 @@ const startWorker = (
             })
           : runPipeline(message)
         const logged = debugEnabled ? Effect.zipRight(Effect.logDebug("task started"), traced) : traced
-        return Effect.flatMap(Effect.exit(restore(logged)), (exit) => {
-          yieldSlot()
-          doneRunning()
-          const durationMillis = clock.unsafeCurrentTimeMillis() - startedAt
-          duration.unsafeUpdate(durationMillis, [])
-          const verdict = verdictOf(exit, message.attempt)
-          if (verdict._tag === "Completed") {
-            handedOver = true
-            complete({ delivery, result: verdict.result, durationMillis })
-            return Effect.void
-          }
-          const settled = settle(delivery, verdict, durationMillis)
-          return Exit.isFailure(exit) && Cause.isDie(exit.cause)
-            ? Effect.zipRight(Effect.logWarning("the pipeline died", exit.cause), settled)
-            : settled
-        })
-      }
-      const lease = { token: delivery.token, attempt: message.attempt, priority: message.priority }
-      // The task's fiber is its own: annotating the fiber once (rather than `Effect.annotateLogs`
-      // around each part, several times the cost) tags every log of the task, the pipeline's too.
-      const annotate = FiberRef.update(FiberRef.currentLogAnnotations, (annotations) =>
-        HashMap.set(HashMap.set(annotations, "taskId", message.taskId), "attempt", message.attempt)
-      )
-      return Effect.uninterruptibleMask((restore) =>
-        Effect.flatMap(
-          Effect.either(Effect.zipRight(annotate, retryQueueError(store.start(message.taskId, lease)))),
-          (begun) => {
-            if (Either.isLeft(begun)) {
-              doneRunning()
-              return release(delivery, "could not record the task's start")
-            }
-            if (begun.right._tag === "Finished") {
-              doneRunning()
-              return settleFinished(delivery, begun.right.record)
-            }
-            if (message.attempt > maxAttempts) {
-              // Every earlier delivery ended without an outcome (its worker died or lost the lease):
-              // a task that keeps killing its workers is not handed to another one forever.
-              doneRunning()
-              return settle(delivery, { _tag: "Failed", error: stalled(message.attempt - 1) }, 0)
-            }
-            return Effect.flatMap(restore(acquireSlot), (go) => {
-              if (go) return run(restore)
-              doneRunning()
-              return giveBack(delivery)
-            })
-          }
+        const annotate = FiberRef.set(
+          FiberRef.currentLogAnnotations,
+          HashMap.set(HashMap.set(baseAnnotations, "taskId", message.taskId), "attempt", message.attempt)
         )
-      ).pipe(
+        return Effect.zipRight(
+          annotate,
+          Effect.flatMap(Effect.exit(restore(logged)), (exit) => {
+            doneRunning(delivery)
+            const durationMillis = clock.unsafeCurrentTimeMillis() - startedAt
+            duration.unsafeUpdate(durationMillis, [])
+            const verdict = verdictOf(exit, message.attempt)
+            if (verdict._tag === "Completed") {
+              handedOver = true
+              complete({ delivery, result: verdict.result, durationMillis })
+              return Effect.void
+            }
+            const settled = settle(delivery, verdict, durationMillis)
+            return Exit.isFailure(exit) && Cause.isDie(exit.cause)
+              ? Effect.zipRight(Effect.logWarning("the pipeline died", exit.cause), settled)
+              : settled
+          })
+        )
+      }).pipe(
         Effect.catchAllCause((cause) =>
           Cause.isInterruptedOnly(cause) && deadlinePassed
             ? Effect.void
@@ -635,7 +623,7 @@ const startWorker = (
         ),
         Effect.ensuring(
           Effect.sync(() => {
-            doneRunning()
+            doneRunning(delivery)
             if (!handedOver) held--
             changed.unsafeOpen()
           })
@@ -643,34 +631,105 @@ const startWorker = (
       )
     }
 
+    /** A slot: runs ready deliveries one after another until the shutdown. */
+    const slot = Effect.flatMap(FiberRef.get(FiberRef.currentLogAnnotations), (baseAnnotations) =>
+      Effect.gen(function* () {
+        for (;;) {
+          const delivery = yield* nextReady
+          if (delivery === undefined) return
+          yield* runOne(delivery, baseAnnotations)
+        }
+      })
+    )
+
+    /**
+     * Records the start of a claimed batch in one call, then queues each delivery for a slot, or
+     * settles it at once: already finished by an earlier delivery, or past `maxAttempts` with
+     * every earlier holder dead (a task that keeps killing its workers is not handed to another one
+     * forever). A batch whose start cannot be recorded is given back.
+     */
+    const startAll = (batch: ReadonlyArray<Delivery>) => {
+      let dispatched = 0
+      return Effect.flatMap(
+        Effect.either(
+          retryQueueError(
+            store.startMany(
+              batch.map(({ message, token }) => ({
+                taskId: message.taskId,
+                lease: { token, attempt: message.attempt, priority: message.priority }
+              }))
+            )
+          )
+        ),
+        (begun) => {
+          dispatched = batch.length
+          if (Either.isLeft(begun)) {
+            return Effect.forEach(
+              batch,
+              (delivery) => early(delivery, release(delivery, "could not record the task's start")),
+              { concurrency: "unbounded", discard: true }
+            )
+          }
+          const others: Array<Effect.Effect<void>> = []
+          for (let i = 0; i < batch.length; i++) {
+            const delivery = batch[i]!
+            const result = begun.right[i]!
+            if (result._tag === "Finished")
+              others.push(early(delivery, settleFinished(delivery, result.record)))
+            else if (delivery.message.attempt > maxAttempts) {
+              const error = stalled(delivery.message.attempt - 1)
+              others.push(early(delivery, settle(delivery, { _tag: "Failed", error }, 0)))
+            } else if (stopping) others.push(early(delivery, giveBack(delivery)))
+            else offerReady(delivery)
+          }
+          return others.length === 0
+            ? Effect.void
+            : Effect.all(others, { concurrency: "unbounded", discard: true })
+        }
+      ).pipe(
+        Effect.catchAllCause((cause) =>
+          Effect.logError(
+            "unexpected failure while recording the start of tasks: they come back when their leases expire",
+            cause
+          )
+        ),
+        Effect.ensuring(
+          Effect.sync(() => {
+            // Deliveries never dispatched (an interrupted or failed store call) wait for lease expiry.
+            for (let i = dispatched; i < batch.length; i++) {
+              doneRunning(batch[i]!)
+              held--
+            }
+            changed.unsafeOpen()
+          })
+        ),
+        Effect.uninterruptible
+      )
+    }
+
     /** Extends the leases of running and prefetched tasks; a lost lease stops its renewal (its result will be discarded). */
     const renewLeases = Effect.suspend(() =>
       Effect.forEach(
-        Array.from(leased),
-        (entry) =>
-          entry.delivery.extend().pipe(
+        Array.from(leased).filter((delivery) => !leaseLost.has(delivery)),
+        (delivery) =>
+          delivery.extend().pipe(
             Effect.catchAll((error) => {
-              if (!leased.has(entry)) return Effect.void
-              const annotations = {
-                taskId: entry.delivery.message.taskId,
-                attempt: entry.delivery.message.attempt
-              }
+              if (!leased.has(delivery)) return Effect.void
               if (error._tag === "QueueError") {
-                return Effect.logWarning("could not extend a lease; trying again", error).pipe(
-                  Effect.annotateLogs(annotations)
-                )
+                return Effect.logWarning("could not extend a lease; trying again", error)
               }
-              leased.delete(entry)
-              return Effect.logWarning(
-                "lost the lease of a running task: another worker may take it over"
-              ).pipe(Effect.annotateLogs(annotations))
-            })
+              leaseLost.add(delivery)
+              return Effect.logWarning("lost the lease of a running task: another worker may take it over")
+            }),
+            Effect.annotateLogs({ taskId: delivery.message.taskId, attempt: delivery.message.attempt })
           ),
         { concurrency: "unbounded", discard: true }
       )
     )
 
     const fork = yield* FiberSet.runtime(tasks)<unknown>().pipe(Effect.provide(context), Effect.interruptible)
+
+    for (let i = 0; i < concurrency; i++) fork(slot)
 
     const pullLoop = Effect.gen(function* () {
       const outage = yield* Schedule.driver(outageBackoff)
@@ -687,7 +746,10 @@ const startWorker = (
             const got = Exit.isSuccess(exit) ? exit.value.length : 0
             outstanding -= want - got
             held -= want - got
-            if (Exit.isSuccess(exit)) for (const delivery of exit.value) fork(handle(delivery))
+            if (Exit.isSuccess(exit) && got > 0) {
+              for (const delivery of exit.value) leased.add(delivery)
+              fork(startAll(exit.value))
+            }
           })
         )
         if (Exit.isSuccess(exit)) {
@@ -714,25 +776,25 @@ const startWorker = (
     yield* Effect.addFinalizer(() =>
       Effect.gen(function* () {
         yield* Fiber.interrupt(fetcher)
-        // Prefetched tasks that have not started go back to the queue at once.
+        // Idle slots stop; prefetched tasks that have not started go back to the queue at once.
         stopping = true
-        for (const waiter of waiters.splice(0)) waiter(Exit.succeed(false))
-        const inFlight = yield* FiberSet.size(tasks)
+        for (const idle of idleSlots.splice(0)) idle(Exit.succeed(undefined))
+        for (const delivery of ready.splice(0)) fork(early(delivery, giveBack(delivery)))
+        const inFlight = leased.size
         if (inFlight > 0) {
           yield* Effect.logInfo(
             `shutting down: waiting up to ${Duration.format(maxShutdownWait)} for ${inFlight} running task(s)`
           )
-          const drained = yield* FiberSet.awaitEmpty(tasks).pipe(
-            Effect.interruptible,
-            Effect.timeout(maxShutdownWait),
-            Effect.option
-          )
-          if (Option.isNone(drained)) {
-            deadlinePassed = true
-            const left = Array.from(tasks)
-            yield* Effect.logWarning(`shutdown deadline passed: interrupting ${left.length} running task(s)`)
-            yield* Fiber.interruptAll(left)
-          }
+        }
+        const drained = yield* FiberSet.awaitEmpty(tasks).pipe(
+          Effect.interruptible,
+          Effect.timeout(maxShutdownWait),
+          Effect.option
+        )
+        if (Option.isNone(drained)) {
+          deadlinePassed = true
+          yield* Effect.logWarning(`shutdown deadline passed: interrupting ${leased.size} running task(s)`)
+          yield* Fiber.interruptAll(Array.from(tasks))
         }
         // Completed runs are recorded and acked before the worker stops.
         yield* allSettled.await

@@ -532,16 +532,16 @@ describe("TaskWorker", () => {
         const store = yield* TaskStore
         const startGate = yield* Deferred.make<void>()
         const bStarts: Array<string> = []
-        // B's store holds its `start` until A has finished
+        // B's store holds its `startMany` until A has finished
         const gatedStore: TaskStoreService = {
           ...store,
-          start: (taskId, lease) =>
+          startMany: (starts) =>
             Effect.zipRight(
               Effect.zipRight(
-                Effect.sync(() => bStarts.push(taskId)),
+                Effect.sync(() => bStarts.push(...starts.map((start) => start.taskId))),
                 Deferred.await(startGate)
               ),
-              store.start(taskId, lease)
+              store.startMany(starts)
             )
         }
         yield* queue.push("raced", { block: true })
@@ -730,27 +730,27 @@ describe("TaskWorker", () => {
         let calls = 0
         const brokenStore: TaskStoreService = {
           ...store,
-          start: (taskId, lease) =>
+          startMany: (starts) =>
             Effect.suspend(() => {
               calls++
-              if (taskId === "interrupted" && lease.attempt === 1) return Effect.interrupt
-              if (taskId === "unavailable" && lease.attempt === 1) {
-                return Effect.fail(new QueueError({ message: "store unavailable" }))
-              }
-              return store.start(taskId, lease)
+              const first = (id: string) => starts.some((s) => s.taskId === id && s.lease.attempt === 1)
+              if (first("interrupted")) return Effect.interrupt
+              if (first("unavailable")) return Effect.fail(new QueueError({ message: "store unavailable" }))
+              return store.startMany(starts)
             })
         }
-        yield* queue.pushBatch([
-          { taskId: "interrupted", data: {} },
-          { taskId: "unavailable", data: {} },
-          { taskId: "fine", data: {} }
-        ])
         yield* makeWorker({ concurrency: 3 }).pipe(
           Effect.provideService(TaskStore, brokenStore),
           Effect.flatMap((worker) => worker.start)
         )
+        yield* queue.push("unavailable", {})
+        // Tried 5 times (at once, then after 50, 100, 200 ms), then given back with the 1 s
+        // backoff; meanwhile other tasks start and run.
+        yield* until(() => calls === 2)
+        yield* queue.push("interrupted", {})
+        yield* until(() => calls === 3)
+        yield* queue.push("fine", {})
         yield* untilEffect(statusIs("fine", "COMPLETED"))
-        // "unavailable" was retried 4 times (about 0.75 s), then given back with the 1 s backoff
         yield* TestClock.adjust("2 seconds")
         yield* untilEffect(statusIs("unavailable", "COMPLETED"))
         expect(yield* recordOf("unavailable")).toMatchObject({ attempts: 2 })
@@ -758,7 +758,7 @@ describe("TaskWorker", () => {
         yield* TestClock.adjust("30 seconds")
         yield* untilEffect(statusIs("interrupted", "COMPLETED"))
         expect(yield* recordOf("interrupted")).toMatchObject({ attempts: 2 })
-        expect(calls).toBe(1 + 5 + 1 + 1 + 1)
+        expect(calls).toBe(2 + 1 + 1 + 3 + 1 + 1)
       }).pipe(Effect.provide(env(probe)))
     }
   )
