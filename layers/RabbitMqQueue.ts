@@ -7,8 +7,9 @@
  * declared idempotently on every (re)connection, and again when a publish finds one deleted
  * (publishes are mandatory, so the broker returns them instead of dropping them).
  *
- * Claims: `basic.get` (manual ack) on one of 4 claim channels; a claim that finds the queue empty
- * consumes from it until a task arrives or its time is up, then cancels. A lease token names the
+ * Claims: a claim of one task is a `basic.get` (manual ack); a claim of more, or one that finds
+ * the queue empty, is a consumer of its own with a prefetch of `max`, cancelled after its first
+ * delivery or when its time is up; claims spread over 4 claim channels. A lease token names the
  * connection, the channel and the delivery tag: once that channel is gone the token is refused
  * with `LeaseLost`, and nothing is ever acked on another channel. Attempts travel in the
  * `x-attempt` header; a message the broker redelivers (its holder died) is published again with
@@ -23,12 +24,13 @@
  *   holder's channel closes (process death, lost connection): then the broker hands it out again,
  *   counted as the next attempt. `extend` succeeds while the holder's channel lives and does
  *   nothing else.
- * - **Order.** A claim takes tasks with `basic.get`, so it gets the most urgent ready task of the
- *   whole queue at that moment (priority, then push order), across processes. A claim that finds
- *   nothing waits on a consumer of its own (prefetch `min(max, prefetch)`) and gets the first
- *   tasks that arrive, in arrival order. A requeued or delayed task, or one whose holder died,
- *   re-enters at the back of its priority. A claim interrupted while it holds tasks gives them
- *   back to the broker, which marks them redelivered: they count one attempt more.
+ * - **Order.** A claim gets the most urgent ready tasks of the whole queue at that moment
+ *   (priority, then push order), across processes: `basic.get` takes the head of the queue, and a
+ *   consumer with a prefetch of `max` is handed the `max` tasks at its head at once. A claim that
+ *   finds nothing waits on that consumer and gets the first tasks that arrive, in arrival order.
+ *   A requeued or delayed task, or one whose holder died, re-enters at the back of its priority.
+ *   A claim interrupted while it holds tasks gives them back to the broker, which marks them
+ *   redelivered: they count one attempt more.
  * - **Delays** are exact unless an older, longer delay of the same bucket is ahead of them (then
  *   late by less than half the bucket, at most 2^30 ms); at most 2^31 ms (about 24.8 days).
  * - **Counts.** `inFlight` counts the leases held by this process only; `pending` counts ready
@@ -75,8 +77,6 @@ export interface RabbitMqQueueOptions {
   readonly rabbitmqUrl?: string | Redacted.Redacted | undefined
   /** The default of `Delivery.extend`; RabbitMQ has no lease expiry, so it changes nothing else. */
   readonly leaseDuration?: Duration.DurationInput | undefined
-  /** The most tasks a waiting claim takes from its consumer at once; default 16. */
-  readonly prefetch?: number | undefined
   /** Bound on connecting (at start-up and on each reconnection attempt); default 5 seconds. */
   readonly connectTimeout?: Duration.DurationInput | undefined
   /** Bound on waiting for a connection or for a publisher confirm; default 10 seconds. */
@@ -265,7 +265,6 @@ export const makeBackend = (
       : Redacted.make(options.rabbitmqUrl ?? QM.defaults.rabbitmqUrl)
     const where = hostOf(Redacted.value(url))
     const names = Topology.names(queueName)
-    const prefetch = Math.max(1, Math.floor(options.prefetch ?? 16))
     const connectMillis = Duration.toMillis(options.connectTimeout ?? Duration.seconds(5))
     const operationMillis = Duration.toMillis(options.operationTimeout ?? Duration.seconds(10))
 
@@ -619,10 +618,10 @@ export const makeBackend = (
         })
       )
 
-    /** Takes up to `max - out.length` tasks with `basic.get`, most urgent first. */
-    const getInto = (session: Session, lane: Lane, max: number, out: Array<Held>) =>
+    /** Takes one task with `basic.get` (the most urgent ready one), if there is one. */
+    const getOne = (session: Session, lane: Lane, out: Array<Held>) =>
       Effect.gen(function* () {
-        while (out.length < max && session.alive) {
+        while (out.length === 0 && session.alive) {
           // A message the broker sent must reach the lease table, so get + hold is one step.
           const taken = yield* Effect.uninterruptible(
             Effect.flatMap(
@@ -643,8 +642,14 @@ export const makeBackend = (
         }
       })
 
-    /** Waits up to `millis` for tasks on a consumer of its own that takes at most `n`. */
-    const waitInto = (session: Session, lane: Lane, n: number, millis: number, out: Array<Held>) => {
+    /**
+     * Takes up to `n` tasks on a consumer of its own with a prefetch of `n`: the broker hands it
+     * the `n` most urgent ready tasks at once, in order, or the first to arrive when none is
+     * ready. It is cancelled after the first delivery, or after `millis` (at once when 0); the
+     * broker sends every delivery it made to a consumer before the reply to its cancel, so
+     * whatever it took is in `out` once that reply is in.
+     */
+    const consumeInto = (session: Session, lane: Lane, n: number, millis: number, out: Array<Held>) => {
       const arrived = Deferred.unsafeMake<void>(FiberId.none)
       const wake = () => Deferred.unsafeDone(arrived, Exit.void)
       let stopped = false
@@ -676,7 +681,10 @@ export const makeBackend = (
             )
           })
         ),
-        () => Deferred.await(arrived).pipe(Effect.timeoutOption(Duration.millis(millis))),
+        () =>
+          millis > 0
+            ? Deferred.await(arrived).pipe(Effect.timeoutOption(Duration.millis(millis)))
+            : Effect.void,
         (consumer) =>
           Effect.gen(function* () {
             session.waiters.delete(wake)
@@ -734,16 +742,20 @@ export const makeBackend = (
         const deadline = (yield* Clock.currentTimeMillis) + Duration.toMillis(timeout)
         for (;;) {
           const session = yield* connected(deadline)
-          const lane = session.lanes.reduce((a, b) => (b.busy < a.busy ? b : a))
+          // The least busy lane, one whose consumers already get this prefetch if it can.
+          const lane = session.lanes.reduce((a, b) =>
+            b.busy < a.busy || (b.busy === a.busy && b.qos === max && a.qos !== max) ? b : a
+          )
           lane.busy++
           const round = Effect.gen(function* () {
-            yield* getInto(session, lane, max, out)
-            if (out.length > 0) return
+            if (max === 1) {
+              yield* getOne(session, lane, out)
+              if (out.length > 0) return
+            }
             const remaining = deadline - (yield* Clock.currentTimeMillis)
-            if (remaining <= 0) return
-            yield* waitInto(session, lane, Math.min(max, prefetch), remaining, out)
+            if (max === 1 && remaining <= 0) return
+            yield* consumeInto(session, lane, max, Math.max(0, remaining), out)
             yield* bumpRedelivered(out)
-            if (out.length > 0) yield* getInto(session, lane, max, out)
           }).pipe(
             Effect.ensuring(Effect.sync(() => lane.busy--)),
             // A session that died under the claim: wait for the next one until the deadline.

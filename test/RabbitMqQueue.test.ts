@@ -279,7 +279,7 @@ await describeWithServer("RabbitMQ", rabbitmqUrl, "RabbitMQ backend", () => {
     it.live("a waiting pullBatch takes what arrives, up to max", () =>
       onQueue((queueName) =>
         Effect.gen(function* () {
-          const queue = yield* instance(queueName, { prefetch: 4 })
+          const queue = yield* instance(queueName)
           const waiting = yield* Effect.fork(queue.pullBatch(10, Duration.seconds(10)))
           yield* Effect.sleep(Duration.millis(100))
           yield* queue.pushBatch(
