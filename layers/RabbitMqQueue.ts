@@ -117,6 +117,33 @@ const withHeartbeat = (url: string) => {
   }
 }
 
+/**
+ * Makes amqplib hand the frames its channels queued in one event-loop turn to the socket as one
+ * write: its multiplexer writes each frame on its own, and with `noDelay` (which request/reply
+ * round trips need) every ack would be a system call and a packet of its own. Reaches into
+ * amqplib's connection (`muxer`, `stream`); when their shape is not the expected one it changes
+ * nothing.
+ */
+const coalesceWrites = (model: Amqp.ChannelModel) => {
+  const connection: unknown = (model as { readonly connection?: unknown }).connection
+  const { muxer, stream } = (connection ?? {}) as {
+    readonly muxer?: { _readIncoming?: unknown }
+    readonly stream?: { cork?: unknown; uncork?: unknown }
+  }
+  if (muxer === undefined || stream === undefined) return
+  const flush = muxer._readIncoming
+  const { cork, uncork } = stream
+  if (typeof flush !== "function" || typeof cork !== "function" || typeof uncork !== "function") return
+  muxer._readIncoming = function (this: unknown) {
+    cork.call(stream)
+    try {
+      return flush.call(this)
+    } finally {
+      uncork.call(stream)
+    }
+  }
+}
+
 /** A non-negative integer header, 0 when absent or unreadable. */
 const countHeader = (headers: Amqp.MessagePropertyHeaders | undefined, name: string): number => {
   const value = headers?.[name]
@@ -341,6 +368,7 @@ export const makeBackend = (
           timeout: connectMillis,
           clientProperties: { connection_name: connectionName(queueName) }
         }).then((connection) => {
+          coalesceWrites(connection)
           if (signal.aborted) {
             connection.on("error", () => {})
             connection.close().catch(() => {})
