@@ -112,16 +112,14 @@ export const makeBackend = (
           name: `${names}cmd`,
           connectMillis,
           commandMillis,
-          close: "quit",
-          autoPipelining: true
+          close: "quit"
         }),
         Connection.connect({
           url,
           name: `${names}block`,
           connectMillis,
           commandMillis: blockSeconds * 1000 + commandMillis,
-          close: "disconnect",
-          autoPipelining: false
+          close: "disconnect"
         })
       ],
       { concurrency: 2 }
@@ -257,13 +255,33 @@ export const makeBackend = (
 
     // The claim is atomic for its caller: if the caller is interrupted while Redis answers, the
     // tasks go straight back where they were, their attempt not counted.
+    // Claims made in the same event-loop turn (concurrent pullers) are one script call: its
+    // leases are dealt out in order, the most urgent to the first caller.
+    const claimBatch = Connection.batched({
+      max: maxBatch,
+      flush: (maxes: ReadonlyArray<number>) =>
+        commands
+          .evalPromise(Scripts.claim, keyList, [maxes.reduce((sum, max) => sum + max, 0), leaseMillis])
+          .then((reply) => {
+            const { leases, waitMillis } = parseClaim(reply)
+            let at = 0
+            return maxes.map((max): Claimed => {
+              const mine = leases.slice(at, at + max)
+              at += max
+              return { leases: mine, waitMillis }
+            })
+          })
+    })
+
     const claimOnce = (max: number) =>
       Effect.uninterruptibleMask((restore) =>
-        Effect.flatMap(evalScript(Scripts.claim, [max, leaseMillis]), (reply) => {
-          const claimed = parseClaim(reply)
-          if (claimed.leases.length === 0) return Effect.succeed(claimed)
-          return restore(Effect.succeed(claimed)).pipe(Effect.onInterrupt(() => release(claimed.leases)))
-        })
+        Effect.flatMap(
+          commands.run(Scripts.claim.name, () => claimBatch(max)),
+          (claimed) => {
+            if (claimed.leases.length === 0) return Effect.succeed(claimed)
+            return restore(Effect.succeed(claimed)).pipe(Effect.onInterrupt(() => release(claimed.leases)))
+          }
+        )
       )
 
     const claim = (max: number, timeout: Duration.Duration) =>

@@ -210,7 +210,6 @@ export const make = (
       connectMillis: Duration.toMillis(options.connectTimeout ?? Duration.seconds(5)),
       commandMillis: Duration.toMillis(options.commandTimeout ?? Duration.seconds(5)),
       close: "quit",
-      autoPipelining: true,
       label: "Redis task store"
     })
     yield* Connection.loadScripts(connection, scripts)

@@ -284,6 +284,7 @@ const startWorker = (
     const infoEnabled = LogLevel.greaterThanEqual(LogLevel.Info, minimumLevel)
     const debugEnabled = LogLevel.greaterThanEqual(LogLevel.Debug, minimumLevel)
     const capacity = concurrency + prefetch
+    const refill = Math.ceil(capacity / 2)
     /** Deliveries claimed and not yet done running (waiting for a run slot, or running): at most `capacity`. */
     let outstanding = 0
     /**
@@ -312,6 +313,7 @@ const startWorker = (
       if (delivery !== undefined) return resume(Exit.succeed(delivery))
       if (stopping) return resume(Exit.succeed(undefined))
       idleSlots.push(resume)
+      changed.unsafeOpen()
       return Effect.sync(() => {
         const at = idleSlots.indexOf(resume)
         if (at >= 0) idleSlots.splice(at, 1)
@@ -734,7 +736,11 @@ const startWorker = (
     const pullLoop = Effect.gen(function* () {
       const outage = yield* Schedule.driver(outageBackoff)
       for (;;) {
-        while (outstanding >= capacity || held >= 2 * capacity) {
+        // Claims go in batches: once half the capacity is free, or as soon as a slot has nothing to run.
+        while (
+          held >= 2 * capacity ||
+          (capacity - outstanding < refill && (idleSlots.length === 0 || outstanding >= capacity))
+        ) {
           changed.unsafeClose()
           yield* changed.await
         }

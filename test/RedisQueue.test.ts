@@ -194,6 +194,34 @@ await describeWithServer("Redis", redisUrl, "RedisQueue", () => {
       )
     )
 
+    it.live("calls made in the same turn by concurrent fibers go to Redis as one script call each", () =>
+      onQueue((queueName) =>
+        Effect.gen(function* () {
+          const queue = yield* instance(queueName)
+          const all = { concurrency: "unbounded" } as const
+          const ids = Array.from({ length: 16 }, (_, n) => `m${n}`)
+          const pushed = yield* monitored(
+            queueName,
+            Effect.forEach(ids, (id) => queue.push(id, meeting(1)), all)
+          )
+          expect(pushed.result.every((accepted) => accepted)).toBe(true)
+          expect(pushed.seen).toHaveLength(1)
+          const pulled = yield* monitored(
+            queueName,
+            Effect.forEach(ids, () => Effect.flatten(queue.pull(Duration.seconds(1))), all)
+          )
+          expect(new Set(pulled.result.map((d) => d.message.taskId))).toEqual(new Set(ids))
+          expect(pulled.seen).toHaveLength(1)
+          const acked = yield* monitored(
+            queueName,
+            Effect.forEach(pulled.result, (delivery) => delivery.ack, all)
+          )
+          expect(acked.seen).toHaveLength(1)
+          expect(yield* queue.stats).toMatchObject({ pending: 0, inFlight: 0 })
+        })
+      )
+    )
+
     it.live("a pushBatch of 1,000 tasks is one call to Redis", () =>
       onQueue((queueName) =>
         Effect.gen(function* () {

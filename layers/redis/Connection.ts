@@ -35,8 +35,6 @@ export interface ConnectOptions {
   readonly commandMillis: number
   /** `quit` lets the replies in flight arrive first; `disconnect` drops the connection (a blocked one). */
   readonly close: "quit" | "disconnect"
-  /** ioredis auto-pipelining: calls made in the same event-loop turn leave in one write. */
-  readonly autoPipelining: boolean
   /** Says what failed in error messages: `Redis <what> failed` (default) or e.g. `Redis task store <what> failed`. */
   readonly label?: string | undefined
 }
@@ -117,7 +115,6 @@ export const connect = (options: ConnectOptions): Effect.Effect<Connection, Queu
       enableOfflineQueue: false,
       autoResendUnfulfilledCommands: false,
       maxRetriesPerRequest: 1,
-      enableAutoPipelining: options.autoPipelining,
       connectTimeout: options.connectMillis,
       commandTimeout: options.commandMillis,
       retryStrategy
@@ -252,6 +249,6 @@ export const batched = <I, O>(options: {
   }
   return (input) =>
     new Promise<O>((resolve, reject) => {
-      if (pending.push({ input, resolve, reject }) === 1) setImmediate(flushAll)
+      if (pending.push({ input, resolve, reject }) === 1) queueMicrotask(flushAll)
     })
 }
