@@ -89,28 +89,47 @@ export const offer = script(
   "offer",
   `
 local out = {}
-local any = false
+local fresh = {}
+local seen = {}
 for i = 1, #ARGV, 3 do
   local id = ARGV[i]
   local accepted = 1
-  if redis.call('HEXISTS', body, id) == 1 then
+  if seen[id] then
+    accepted = 0
+  elseif redis.call('HEXISTS', body, id) == 1 then
     if redis.call('ZREM', dead, id) == 1 then
       redis.call('HDEL', errors, id)
     else
       accepted = 0
     end
   end
-  if accepted == 1 then
-    local p = tonumber(ARGV[i + 1])
-    redis.call('HSET', body, id, ARGV[i + 2])
-    redis.call('HSET', priority, id, p)
-    redis.call('HSET', attempts, id, 0)
-    toPending(id, p)
-    any = true
-  end
+  seen[id] = true
+  if accepted == 1 then fresh[#fresh + 1] = i end
   out[#out + 1] = accepted
 end
-if any then wake() end
+if #fresh == 0 then return out end
+-- One sequence block and one variadic call per key for the accepted tasks, 1,000 at a time.
+local first = redis.call('INCRBY', seq, #fresh) - #fresh
+for from = 1, #fresh, 1000 do
+  local bodies, priorities, attempt, scores = {}, {}, {}, {}
+  for k = from, math.min(from + 999, #fresh) do
+    local i = fresh[k]
+    local id, p = ARGV[i], tonumber(ARGV[i + 1])
+    bodies[#bodies + 1] = id
+    bodies[#bodies + 1] = ARGV[i + 2]
+    priorities[#priorities + 1] = id
+    priorities[#priorities + 1] = p
+    attempt[#attempt + 1] = id
+    attempt[#attempt + 1] = 0
+    scores[#scores + 1] = (10 - p) * ${priorityBand} + first + k
+    scores[#scores + 1] = id
+  end
+  redis.call('HSET', body, unpack(bodies))
+  redis.call('HSET', priority, unpack(priorities))
+  redis.call('HSET', attempts, unpack(attempt))
+  redis.call('ZADD', pending, unpack(scores))
+end
+wake()
 return out
 `
 )
