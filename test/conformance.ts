@@ -189,6 +189,16 @@ export const conformance = (backend: BackendUnderTest) =>
             yield* delivery.ack
             expect(yield* queue.push("same", meeting(4))).toBe(true)
             expect(yield* queue.length).toBe(1)
+            // Inside one batch too: the first of an id wins, in order.
+            const answers = yield* queue.pushBatch([
+              { taskId: "twin", data: meeting(5), priority: 2 },
+              { taskId: "other", data: meeting(6) },
+              { taskId: "twin", data: meeting(7), priority: 8 }
+            ])
+            expect(answers).toEqual([true, true, false])
+            const all = yield* queue.pullBatch(10)
+            expect(all.map((d) => d.message.taskId)).toEqual(["same", "other", "twin"])
+            expect(all[2]!.message.data).toEqual(meeting(5))
           })
         )
       )
