@@ -4,10 +4,12 @@
 import { describe, expect, it } from "@effect/vitest"
 import {
   Clock,
+  ConfigProvider,
   Data,
   Deferred,
   Duration,
   Effect,
+  Either,
   Exit,
   Fiber,
   FiberId,
@@ -26,7 +28,7 @@ import { QueueError } from "../src/Errors.js"
 import * as Pipeline from "../src/Pipeline.js"
 import * as QM from "../src/QueueManager.js"
 import { TaskStore, type TaskStoreService } from "../src/TaskStore.js"
-import { make as makeWorker, TaskWorker, type TaskWorkerOptions } from "../src/TaskWorker.js"
+import { make as makeWorker, TaskWorker, type TaskWorkerOptions, workerConfig } from "../src/TaskWorker.js"
 import * as WorkerMetrics from "../src/WorkerMetrics.js"
 import { uniqueQueueName } from "./conformance.js"
 
@@ -847,6 +849,34 @@ describe("TaskWorker", () => {
       Effect.provide(Logger.replace(Logger.defaultLogger, capture))
     )
   })
+
+  it.effect(
+    "workerConfig reads the environment: PREFETCH (0 allowed, negative refused), durations, defaults",
+    () =>
+      Effect.gen(function* () {
+        const read = (env: Record<string, string>) =>
+          Effect.withConfigProvider(
+            Effect.either(workerConfig),
+            ConfigProvider.fromMap(new Map(Object.entries(env)))
+          )
+        const set = yield* read({
+          CONCURRENCY: "8",
+          PREFETCH: "0",
+          LEASE_DURATION: "90 seconds",
+          TASK_TIMEOUT: "5"
+        })
+        expect(Either.getOrThrow(set)).toMatchObject({
+          concurrency: 8,
+          prefetch: 0,
+          leaseRenewal: Duration.seconds(30),
+          taskTimeout: Duration.seconds(5)
+        })
+        const defaults = Either.getOrThrow(yield* read({}))
+        expect(defaults.prefetch).toBeUndefined()
+        expect(defaults.concurrency).toBe(1)
+        expect(Either.isLeft(yield* read({ PREFETCH: "-1" }))).toBe(true)
+      })
+  )
 
   it.scoped("counts started, completed, retried and failed tasks, and their durations", () => {
     const probe = new Probe()
