@@ -1,7 +1,7 @@
 /**
  * Summarises a `.cpuprofile` (from `programs/bench.ts --profile <dir>`, or `node --cpu-prof`):
  * self time by category (Effect runtime, tracing, Schema, ioredis, socket I/O, GC, idle, ...),
- * by package or file, and the top functions. Locations in our TypeScript sources are mapped back
+ * by package or file, the top functions, and the inclusive time of our own functions. Locations in our TypeScript sources are mapped back
  * through tsx's cache of transpiled modules when it is there (it is, right after a run).
  *
  *   npx tsx programs/bench/ProfileSummary.ts /tmp/prof/redis-worker.c16-r1.cpuprofile [top]
@@ -121,6 +121,23 @@ export const summarise = (file: string, top = 30): string => {
     const category = categories.find(([, pattern]) => pattern.test(key))?.[0] ?? `other (${file})`
     byCategory.set(category, (byCategory.get(category) ?? 0) + micros)
   }
+  // Inclusive time of our own functions: each sample counts once for every distinct function of
+  // src/ or layers/ on its stack, so a caller shows what it costs with all it calls.
+  const parents = new Map<number, number>()
+  for (const node of profile.nodes) for (const child of node.children ?? []) parents.set(child, node.id)
+  const ours = (node: ProfileNode) => /^(src|layers)\//.test(shortUrl(node.callFrame.url))
+  const inclusive = new Map<string, number>()
+  for (const [id, micros] of selfTime) {
+    const seen = new Set<string>()
+    for (let at: number | undefined = id; at !== undefined; at = parents.get(at)) {
+      const node = nodes.get(at)!
+      if (!ours(node)) continue
+      const key = label(node)
+      if (seen.has(key)) continue
+      seen.add(key)
+      inclusive.set(key, (inclusive.get(key) ?? 0) + micros)
+    }
+  }
   const lines = (map: Map<string, number>, count: number) =>
     [...map]
       .sort((a, b) => b[1] - a[1])
@@ -137,7 +154,9 @@ export const summarise = (file: string, top = 30): string => {
     "--- self time by package or file",
     lines(byFile, 15),
     "--- self time by function",
-    lines(byFunction, top)
+    lines(byFunction, top),
+    "--- inclusive time of our functions (src/, layers/: with everything they call)",
+    lines(inclusive, top)
   ].join("\n")
 }
 
