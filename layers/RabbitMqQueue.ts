@@ -209,11 +209,17 @@ interface Outgoing {
 /** `messageId` is an AMQP short string (at most 255 bytes); longer task ids travel in a header. */
 const maxMessageIdBytes = 255
 
-/** The properties that carry a task id. */
-const idProperties = (id: string, options: Amqp.Options.Publish): Amqp.Options.Publish =>
-  Buffer.byteLength(id, "utf8") <= maxMessageIdBytes
-    ? { ...options, messageId: id }
-    : { ...options, headers: { ...options.headers, [Topology.header.taskId]: id } }
+/** A task id of at most this many UTF-16 units is at most 255 bytes of UTF-8 without measuring it. */
+const surelyShortId = Math.floor(maxMessageIdBytes / 3)
+
+/** The publish options of a message: persistent, mandatory, its own, and its task id. */
+const publishOptions = (message: Outgoing): Amqp.Options.Publish => {
+  const options: Amqp.Options.Publish = { persistent: true, mandatory: true, ...message.options }
+  const { id } = message
+  if (id.length <= surelyShortId || Buffer.byteLength(id, "utf8") <= maxMessageIdBytes) options.messageId = id
+  else options.headers = { ...options.headers, [Topology.header.taskId]: id }
+  return options
+}
 
 /** The task id a message carries (`""` when it has none). */
 const taskIdOf = (message: Amqp.Message): string =>
@@ -518,27 +524,41 @@ export const makeBackend = (
       Effect.forkScoped
     )
 
-    /** Publishes one message; settles when the broker confirms it, refuses it, or returns it unroutable. */
-    const publishOne = (session: Session, message: Outgoing) =>
-      new Promise<void>((resolve, reject) => {
-        const key = returnKey(message.routingKey, message.id)
-        session.publisher!.publish(
-          "",
-          message.routingKey,
-          message.content,
-          idProperties(message.id, { persistent: true, mandatory: true, ...message.options }),
-          (error: unknown) => {
-            // A mandatory message the broker could not route comes back before its confirm.
-            const returned = session.returned.get(key) ?? 0
-            if (returned > 0) {
-              if (returned === 1) session.returned.delete(key)
-              else session.returned.set(key, returned - 1)
-              return reject(new Unroutable(message.routingKey))
+    /**
+     * Publishes the messages and waits for all their confirms; resolves with those the broker
+     * returned unroutable (a mandatory message comes back before its confirm), rejects with the
+     * first refusal once every confirm is in. One promise for the lot, not one per message.
+     */
+    const publishEach = (session: Session, messages: ReadonlyArray<Outgoing>) =>
+      new Promise<Array<Outgoing>>((resolve, reject) => {
+        const publisher = session.publisher!
+        const unroutable: Array<Outgoing> = []
+        let refusal: Error | undefined
+        let left = messages.length
+        if (left === 0) return resolve(unroutable)
+        for (const message of messages) {
+          publisher.publish(
+            "",
+            message.routingKey,
+            message.content,
+            publishOptions(message),
+            (error: unknown) => {
+              const key = session.returned.size > 0 ? returnKey(message.routingKey, message.id) : undefined
+              const returned = key === undefined ? 0 : (session.returned.get(key) ?? 0)
+              if (returned > 0) {
+                if (returned === 1) session.returned.delete(key!)
+                else session.returned.set(key!, returned - 1)
+                unroutable.push(message)
+              } else if (error) {
+                refusal ??= error instanceof Error ? error : new Error("the broker refused it")
+              }
+              if (--left === 0) {
+                if (refusal === undefined) resolve(unroutable)
+                else reject(refusal)
+              }
             }
-            if (error) reject(error instanceof Error ? error : new Error("the broker refused it"))
-            else resolve()
-          }
-        )
+          )
+        }
       })
 
     /**
@@ -551,20 +571,14 @@ export const makeBackend = (
         Effect.tryPromise({
           try: () =>
             overdue.watch(now + operationMillis, async () => {
-              const settled = await Promise.allSettled(
-                messages.map((message) => publishOne(session, message))
-              )
-              const failed = settled.flatMap((result, i) =>
-                result.status === "rejected" ? [[messages[i]!, result.reason] as const] : []
-              )
-              if (failed.length === 0) return
-              if (!failed.every(([, reason]) => reason instanceof Unroutable))
-                throw failed.find(([, r]) => !(r instanceof Unroutable))![1]
-              const queues = [...new Set(failed.map(([message]) => message.routingKey))]
+              const unroutable = await publishEach(session, messages)
+              if (unroutable.length === 0) return
+              const queues = [...new Set(unroutable.map((message) => message.routingKey))]
               await Promise.all(
                 queues.map((queue) => session.publisher!.assertQueue(queue, declarationOf(queue)))
               )
-              await Promise.all(failed.map(([message]) => publishOne(session, message)))
+              const again = await publishEach(session, unroutable)
+              if (again.length > 0) throw new Unroutable(again[0]!.routingKey)
             }),
           catch: (cause) =>
             new QueueError({
