@@ -9,7 +9,7 @@
  * - queue: QUEUE_BACKEND [memory] | redis | rabbitmq, QUEUE_NAME [tasks], REDIS_URL, RABBITMQ_URL,
  *   LEASE_DURATION [30 seconds];
  * - records: TASK_STORE [redis when QUEUE_BACKEND=redis, else memory], TASK_RETENTION [7 days];
- * - worker: CONCURRENCY [1], PREFETCH [CONCURRENCY, at least 4], MAX_SHUTDOWN_WAIT [300 s], MAX_ATTEMPTS [3], TASK_TIMEOUT [none],
+ * - worker: CONCURRENCY [1], PREFETCH [adaptive], MAX_SHUTDOWN_WAIT [300 s], MAX_ATTEMPTS [3], TASK_TIMEOUT [none],
  *   PULL_TIMEOUT [1 s], LEASE_RENEWAL [LEASE_DURATION / 3, else 10 s] (durations as "30 seconds"
  *   or a number of seconds);
  * - logs: logfmt on stdout and, when LOG_FILE is set, appended to that file; LOG_LEVEL [Info].

@@ -75,10 +75,12 @@ export interface TaskWorkerOptions {
   readonly concurrency?: number | undefined
   /**
    * How many tasks the worker claims beyond those it runs, so the next ones start without a round
-   * trip to the queue; default `concurrency`, at least 4; 0 for none. Prefetched tasks are leased to this
-   * worker (another worker cannot take them), so a task pushed later with a higher priority can
-   * start after up to `prefetch` lower ones; on shutdown they are given back unrun, their attempt
-   * not counted. For long tasks spread over many workers, set it to 0.
+   * trip to the queue; 0 for none. Default: adaptive, as many as the slots would start within
+   * {@link prefetchHorizon} at the recent average run time, from 1 to {@link maxAdaptivePrefetch}
+   * (`concurrency` before the first runs end): short tasks get a deep prefetch, minute-long ones
+   * one. Prefetched tasks are leased to this worker (another worker cannot take them), so a task
+   * pushed later with a higher priority can start after up to `prefetch` lower ones; on shutdown
+   * they are given back unrun, their attempt not counted.
    */
   readonly prefetch?: number | undefined
   /** How long one pull waits for a task; default 1 second. */
@@ -106,8 +108,11 @@ export interface TaskWorkerOptions {
 /** Effect's default tracer: its spans are never exported. */
 const nativeTracer = Context.get(DefaultServices.liveServices, Tracer.Tracer)
 
-/** The default prefetch is `concurrency`, but at least this (see {@link TaskWorkerOptions.prefetch}). */
-export const minimumPrefetch = 4
+/** The adaptive prefetch holds what the slots would start within this many milliseconds. */
+export const prefetchHorizon = 100
+
+/** The deepest adaptive prefetch. */
+export const maxAdaptivePrefetch = 16
 
 /** The default backoff: 1 s after the first failed attempt, doubling, capped at 1 minute. */
 export const defaultBackoff: Schedule.Schedule<Duration.Duration> = Schedule.delays(
@@ -179,8 +184,8 @@ const validate = (options: TaskWorkerOptions) => {
   if (!Number.isInteger(concurrency) || concurrency < 1) {
     return Effect.dieMessage(`TaskWorker: concurrency must be a positive integer, got ${concurrency}`)
   }
-  const prefetch = options.prefetch ?? Math.max(concurrency, minimumPrefetch)
-  if (!Number.isInteger(prefetch) || prefetch < 0) {
+  const prefetch = options.prefetch
+  if (prefetch !== undefined && (!Number.isInteger(prefetch) || prefetch < 0)) {
     return Effect.dieMessage(`TaskWorker: prefetch must be a non-negative integer, got ${prefetch}`)
   }
   if (!Number.isInteger(maxAttempts) || maxAttempts < 1) {
@@ -283,8 +288,14 @@ const startWorker = (
     const minimumLevel = yield* FiberRef.get(FiberRef.currentMinimumLogLevel)
     const infoEnabled = LogLevel.greaterThanEqual(LogLevel.Info, minimumLevel)
     const debugEnabled = LogLevel.greaterThanEqual(LogLevel.Debug, minimumLevel)
-    const capacity = concurrency + prefetch
-    const refill = Math.ceil(capacity / 2)
+    /** The recent average run time (ms, exponentially weighted), for the adaptive prefetch; none before a run ends. */
+    let averageRunMillis: number | undefined
+    const currentPrefetch = (): number => {
+      if (prefetch !== undefined) return prefetch
+      if (averageRunMillis === undefined) return Math.min(concurrency, maxAdaptivePrefetch)
+      const startable = (concurrency * prefetchHorizon) / Math.max(averageRunMillis, 0.01)
+      return Math.max(1, Math.min(maxAdaptivePrefetch, Math.floor(startable)))
+    }
     /** Deliveries claimed and not yet done running (waiting for a run slot, or running): at most `capacity`. */
     let outstanding = 0
     /**
@@ -602,6 +613,8 @@ const startWorker = (
             doneRunning(delivery)
             const durationMillis = clock.unsafeCurrentTimeMillis() - startedAt
             duration.unsafeUpdate(durationMillis, [])
+            averageRunMillis =
+              averageRunMillis === undefined ? durationMillis : 0.8 * averageRunMillis + 0.2 * durationMillis
             const verdict = verdictOf(exit, message.attempt)
             if (verdict._tag === "Completed") {
               handedOver = true
@@ -737,12 +750,15 @@ const startWorker = (
       const outage = yield* Schedule.driver(outageBackoff)
       for (;;) {
         // Claims go in batches: once half the capacity is free, or as soon as a slot has nothing to run.
+        let capacity = concurrency + currentPrefetch()
         while (
           held >= 2 * capacity ||
-          (capacity - outstanding < refill && (idleSlots.length === 0 || outstanding >= capacity))
+          (capacity - outstanding < Math.ceil(capacity / 2) &&
+            (idleSlots.length === 0 || outstanding >= capacity))
         ) {
           changed.unsafeClose()
           yield* changed.await
+          capacity = concurrency + currentPrefetch()
         }
         const want = Math.min(capacity - outstanding, 2 * capacity - held)
         outstanding += want
@@ -813,7 +829,7 @@ const startWorker = (
       Effect.annotateLogs({
         backend: queue.backend,
         concurrency,
-        prefetch,
+        prefetch: prefetch ?? "adaptive",
         maxAttempts,
         leaseRenewalMs: Duration.toMillis(leaseRenewal)
       })
@@ -838,7 +854,7 @@ const durationFromEnv = (name: string) =>
   Config.duration(name).pipe(Config.orElse(() => Config.map(Config.number(name), Duration.seconds)))
 
 /**
- * The `Config` behind {@link TaskWorker.layerConfig}: `CONCURRENCY` (1), `PREFETCH` (`CONCURRENCY`), `PULL_TIMEOUT` (1 s),
+ * The `Config` behind {@link TaskWorker.layerConfig}: `CONCURRENCY` (1), `PREFETCH` (adaptive), `PULL_TIMEOUT` (1 s),
  * `MAX_SHUTDOWN_WAIT` (300 s), `MAX_ATTEMPTS` (3), `TASK_TIMEOUT` (none), `LEASE_RENEWAL` (a third
  * of `LEASE_DURATION` when that is set, else 10 s). Durations take "30 seconds" or a number of seconds.
  */

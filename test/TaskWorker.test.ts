@@ -28,7 +28,13 @@ import { QueueError } from "../src/Errors.js"
 import * as Pipeline from "../src/Pipeline.js"
 import * as QM from "../src/QueueManager.js"
 import { TaskStore, type TaskStoreService } from "../src/TaskStore.js"
-import { make as makeWorker, TaskWorker, type TaskWorkerOptions, workerConfig } from "../src/TaskWorker.js"
+import {
+  make as makeWorker,
+  maxAdaptivePrefetch,
+  TaskWorker,
+  type TaskWorkerOptions,
+  workerConfig
+} from "../src/TaskWorker.js"
 import * as WorkerMetrics from "../src/WorkerMetrics.js"
 import { uniqueQueueName } from "./conformance.js"
 
@@ -404,9 +410,9 @@ describe("TaskWorker", () => {
 
   for (const prefetch of [0, undefined, 5]) {
     // Claimed per pull: the free run slots plus the prefetch (default: concurrency).
-    const window = 3 + (prefetch ?? 4)
+    const window = 3 + (prefetch ?? 3)
     it.scoped(
-      `never runs more than \`concurrency\` tasks at once; prefetch ${prefetch ?? "default (concurrency, at least 4)"}: holds at most ${window}, claimed in one pull`,
+      `never runs more than \`concurrency\` tasks at once; prefetch ${prefetch ?? "adaptive (concurrency at first)"}: holds at most ${window}, claimed in one pull`,
       () => {
         const probe = new Probe()
         const pulls: Array<number> = []
@@ -460,6 +466,54 @@ describe("TaskWorker", () => {
       }
     )
   }
+
+  it.scoped("the adaptive prefetch deepens for short tasks and shrinks to one for long ones", () => {
+    const probe = new Probe()
+    const pulls: Array<number> = []
+    const countingQueue = Layer.effect(
+      QM.QueueManager,
+      Effect.map(MemoryQueue.make({ queueName: uniqueQueueName("worker") }), (queue) => ({
+        ...queue,
+        pullBatch: (max: number, timeout?: Duration.DurationInput) => {
+          pulls.push(max)
+          return queue.pullBatch(max, timeout)
+        }
+      }))
+    )
+    return Effect.gen(function* () {
+      const queue = yield* QM.QueueManager
+      yield* queue.pushBatch(Array.from({ length: 60 }, (_, i) => ({ taskId: `short${i}`, data: {} })))
+      yield* TaskWorker.start
+      yield* untilEffect(Effect.map(stats, (s) => s.pending === 0 && s.inFlight === 0))
+      // Instant runs: after the first claim (concurrency 1 + 1), claims grow to 1 + maxAdaptivePrefetch.
+      expect(pulls[0]).toBe(2)
+      expect(Math.max(...pulls)).toBe(1 + maxAdaptivePrefetch)
+      pulls.length = 0
+      yield* queue.pushBatch(
+        Array.from({ length: 6 }, (_, i) => ({ taskId: `long${i}`, data: { ms: 5_000 } }))
+      )
+      for (let i = 0; i < 6; i++) {
+        yield* until(() => probe.running === 1)
+        yield* TestClock.adjust("5 seconds")
+      }
+      yield* untilEffect(Effect.map(stats, (s) => s.pending === 0 && s.inFlight === 0))
+      // Five-second runs: what one slot starts within 100 ms is none, so the prefetch is one.
+      expect(pulls.at(-1)).toBeLessThanOrEqual(2)
+      expect(yield* stats).toMatchObject({ pending: 0, inFlight: 0 })
+    }).pipe(
+      Effect.provide(
+        TaskWorker.layer({ concurrency: 1 }).pipe(
+          Layer.provideMerge(
+            Layer.mergeAll(
+              countingQueue,
+              MemoryTaskStore.layer(),
+              Pipeline.Pipeline.layer(testPipeline(probe))
+            )
+          )
+        )
+      )
+    )
+  })
 
   it.scoped(
     "extends the lease of a running task: a task longer than the lease is not handed to another worker",
@@ -620,9 +674,9 @@ describe("TaskWorker", () => {
         expect(yield* stats).toEqual({ pending: 3, inFlight: 0, delayed: 0, dead: 0 })
         yield* TestClock.adjust("1 minute")
         expect(probe.runs).toHaveLength(2)
-        // s2, s3 and s4 were prefetched: given back at their place, their attempt not counted, their
+        // s2 and s3 were prefetched: given back at their place, their attempt not counted, their
         // records PENDING again.
-        for (const id of ["s2", "s3", "s4"]) {
+        for (const id of ["s2", "s3"]) {
           expect(yield* recordOf(id)).toMatchObject({ status: "PENDING", attempts: 0 })
         }
         const next = yield* queue.pullBatch(3)
