@@ -6,8 +6,8 @@
  */
 import { Clock, Config, type ConfigError, Duration, Effect, Layer, Option } from "effect"
 import { DuplicateTask } from "../src/Errors.js"
-import type { Priority, TaskId } from "../src/Task.js"
-import { TaskRecord } from "../src/Task.js"
+import type { Priority, TaskId, TaskRecord, TaskStatus } from "../src/Task.js"
+import { unsafeTaskRecord } from "../src/Task.js"
 import {
   defaultRetention,
   type LeaseInfo,
@@ -49,9 +49,13 @@ export const make = (options: MemoryTaskStoreOptions = {}): Effect.Effect<TaskSt
       }
     }
 
-    const update = (slot: Slot, now: number, fields: Partial<TaskRecord>) => {
+    const update = (
+      slot: Slot,
+      now: number,
+      fields: Outcome | { readonly status: TaskStatus; readonly attempts: number }
+    ) => {
       const { result: _r, error: _e, ...rest } = slot.record
-      slot.record = new TaskRecord({ ...rest, ...fields, updatedAt: now }, { disableValidation: true })
+      slot.record = unsafeTaskRecord({ ...rest, ...fields, updatedAt: now })
       if (slot.record.status === "COMPLETED" || slot.record.status === "FAILED") {
         expiries.push({ at: now + retentionMillis, taskId: slot.record.taskId, record: slot.record })
       }
@@ -66,17 +70,14 @@ export const make = (options: MemoryTaskStoreOptions = {}): Effect.Effect<TaskSt
     const startOne = (taskId: string, lease: LeaseInfo, now: number): StartResult => {
       const slot = slots.get(taskId)
       if (slot === undefined) {
-        const record = new TaskRecord(
-          {
-            taskId: taskId as TaskId,
-            status: "PROCESSING",
-            priority: lease.priority as Priority,
-            attempts: lease.attempt,
-            createdAt: now,
-            updatedAt: now
-          },
-          { disableValidation: true }
-        )
+        const record = unsafeTaskRecord({
+          taskId: taskId as TaskId,
+          status: "PROCESSING",
+          priority: lease.priority as Priority,
+          attempts: lease.attempt,
+          createdAt: now,
+          updatedAt: now
+        })
         slots.set(taskId, { record, token: lease.token })
         return started
       }
@@ -100,17 +101,14 @@ export const make = (options: MemoryTaskStoreOptions = {}): Effect.Effect<TaskSt
         Effect.flatMap(
           withNow((now) => {
             if (slots.has(taskId)) return undefined
-            const record = new TaskRecord(
-              {
-                taskId: taskId as TaskId,
-                status: "PENDING",
-                priority: priority as Priority,
-                attempts: 0,
-                createdAt: now,
-                updatedAt: now
-              },
-              { disableValidation: true }
-            )
+            const record = unsafeTaskRecord({
+              taskId: taskId as TaskId,
+              status: "PENDING",
+              priority: priority as Priority,
+              attempts: 0,
+              createdAt: now,
+              updatedAt: now
+            })
             slots.set(taskId, { record, token: "" })
             return record
           }),

@@ -167,6 +167,22 @@ export class TaskRecord extends Schema.Class<TaskRecord>("TaskRecord")({
   error: Schema.optional(Schema.String)
 }) {}
 
+/**
+ * A `TaskRecord` of fields already checked, as {@link unsafeTaskMessage} is for messages: the object
+ * `new TaskRecord(fields, { disableValidation: true })` builds, without its copy and
+ * default-merging passes (a memory store builds one per transition).
+ */
+export const unsafeTaskRecord = (fields: {
+  readonly taskId: TaskId
+  readonly status: TaskStatus
+  readonly priority: Priority
+  readonly attempts: number
+  readonly createdAt: number
+  readonly updatedAt: number
+  readonly result?: JsonValue
+  readonly error?: string
+}): TaskRecord => Object.assign(Object.create(TaskRecord.prototype), fields)
+
 /** The JSON form of a {@link TaskRecord}, with the wire's snake_case keys. */
 export const TaskRecordJson = Schema.Struct({
   taskId: Schema.propertySignature(TaskId).pipe(Schema.fromKey("task_id")),

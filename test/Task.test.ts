@@ -9,7 +9,10 @@ import {
   type Priority,
   TaskId,
   TaskMessage,
-  unsafeTaskMessage
+  TaskRecord,
+  type TaskStatus,
+  unsafeTaskMessage,
+  unsafeTaskRecord
 } from "../src/Task.js"
 
 const notJson = fc.oneof(
@@ -107,6 +110,36 @@ describe("task messages and ids", () => {
       const fast = unsafeTaskMessage(fields)
       expect(fast).toBeInstanceOf(TaskMessage)
       expect(Object.getPrototypeOf(fast)).toBe(Object.getPrototypeOf(made))
+      expect(Reflect.ownKeys(fast)).toEqual(Reflect.ownKeys(made))
+      expect(Equal.equals(fast, made)).toBe(true)
+      expect(JSON.stringify(fast)).toBe(JSON.stringify(made))
+    }
+  )
+
+  it.prop(
+    "unsafeTaskRecord builds what the class constructor builds",
+    [
+      fc.string({ minLength: 1, maxLength: 20 }),
+      fc.constantFrom<TaskStatus>("PENDING", "PROCESSING", "RETRYING", "COMPLETED", "FAILED"),
+      fc.integer({ min: 0, max: 10 }),
+      fc.nat(),
+      fc.option(fc.jsonValue(), { nil: undefined }),
+      fc.option(fc.string(), { nil: undefined })
+    ],
+    ([id, status, priority, attempts, result, error]) => {
+      const fields = {
+        taskId: id as TaskId,
+        status,
+        priority: priority as Priority,
+        attempts,
+        createdAt: 1,
+        updatedAt: 2,
+        ...(result === undefined ? {} : { result: result as JsonValue }),
+        ...(error === undefined ? {} : { error })
+      }
+      const made = new TaskRecord(fields, { disableValidation: true })
+      const fast = unsafeTaskRecord(fields)
+      expect(fast).toBeInstanceOf(TaskRecord)
       expect(Reflect.ownKeys(fast)).toEqual(Reflect.ownKeys(made))
       expect(Equal.equals(fast, made)).toBe(true)
       expect(JSON.stringify(fast)).toBe(JSON.stringify(made))
