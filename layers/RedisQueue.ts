@@ -133,12 +133,12 @@ export const makeBackend = (
 
     // Acks and single pushes made in the same event-loop turn (by concurrent workers or
     // producers) go to Redis as one script call.
-    const ackBatch = Connection.batched({
+    const ackBatch = commands.batched(Scripts.ack.name, {
       max: maxBatch,
       flush: (leases: ReadonlyArray<readonly [string, string]>) =>
         commands.evalPromise(Scripts.ack, keyList, leases.flat()) as Promise<ReadonlyArray<number>>
     })
-    const offerBatch = Connection.batched({
+    const offerBatch = commands.batched(Scripts.offer.name, {
       max: maxBatch,
       flush: (calls: ReadonlyArray<ReadonlyArray<RawTask>>) =>
         commands
@@ -257,7 +257,7 @@ export const makeBackend = (
     // tasks go straight back where they were, their attempt not counted.
     // Claims made in the same event-loop turn (concurrent pullers) are one script call: its
     // leases are dealt out in order, the most urgent to the first caller.
-    const claimBatch = Connection.batched({
+    const claimBatch = commands.batched(Scripts.claim.name, {
       max: maxBatch,
       flush: (maxes: ReadonlyArray<number>) =>
         commands
@@ -275,13 +275,10 @@ export const makeBackend = (
 
     const claimOnce = (max: number) =>
       Effect.uninterruptibleMask((restore) =>
-        Effect.flatMap(
-          commands.run(Scripts.claim.name, () => claimBatch(max)),
-          (claimed) => {
-            if (claimed.leases.length === 0) return Effect.succeed(claimed)
-            return restore(Effect.succeed(claimed)).pipe(Effect.onInterrupt(() => release(claimed.leases)))
-          }
-        )
+        Effect.flatMap(claimBatch(max), (claimed) => {
+          if (claimed.leases.length === 0) return Effect.succeed(claimed)
+          return restore(Effect.succeed(claimed)).pipe(Effect.onInterrupt(() => release(claimed.leases)))
+        })
       )
 
     const claim = (max: number, timeout: Duration.Duration) =>
@@ -305,7 +302,7 @@ export const makeBackend = (
     const withLease = (script: Connection.Script, id: string, args: ReadonlyArray<string | number>) =>
       Effect.flatMap(evalScript(script, args), (held) => (held === 1 ? Effect.void : Effect.fail(lost(id))))
 
-    const offer = (tasks: ReadonlyArray<RawTask>) => commands.run(Scripts.offer.name, () => offerBatch(tasks))
+    const offer = (tasks: ReadonlyArray<RawTask>) => offerBatch(tasks)
 
     const nack = (id: string, token: string, options: RawNack) =>
       withLease(Scripts.nack, id, [
@@ -339,10 +336,7 @@ export const makeBackend = (
       ack: (id, token) =>
         settled(
           token,
-          Effect.flatMap(
-            commands.run(Scripts.ack.name, () => ackBatch([id, token])),
-            (held) => (held === 1 ? Effect.void : Effect.fail(lost(id)))
-          )
+          Effect.flatMap(ackBatch([id, token]), (held) => (held === 1 ? Effect.void : Effect.fail(lost(id))))
         ),
       ackMany: (leases) =>
         Effect.ensuring(

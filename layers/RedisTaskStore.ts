@@ -224,7 +224,7 @@ export const make = (
         calls.map((c) => c.key),
         [calls[0]!.now, ...calls.flatMap((c) => [c.token, c.attempt, c.priority])]
       ) as Promise<ReadonlyArray<unknown>>
-    const startBatch = Connection.batched({ max: maxBatch, flush: flushStart })
+    const startBatch = connection.batched(startScript.name, { max: maxBatch, flush: flushStart })
     const flushFinish = (calls: ReadonlyArray<FinishCall>) =>
       connection.evalPromise(
         finishScript,
@@ -239,7 +239,7 @@ export const make = (
           )
         ]
       ) as Promise<ReadonlyArray<unknown>>
-    const finishBatch = Connection.batched({ max: maxBatch, flush: flushFinish })
+    const finishBatch = connection.batched(finishScript.name, { max: maxBatch, flush: flushFinish })
 
     const malformed = (taskId: string, reason: string) =>
       new QueueError({ message: `the record of task ${taskId} is malformed: ${reason}` })
@@ -292,15 +292,13 @@ export const make = (
       start: (taskId, lease) =>
         Effect.flatMap(Clock.currentTimeMillis, (now) =>
           Effect.flatMap(
-            connection.run(startScript.name, () =>
-              startBatch({
-                key: key(taskId),
-                token: lease.token,
-                attempt: lease.attempt,
-                priority: lease.priority,
-                now
-              })
-            ),
+            startBatch({
+              key: key(taskId),
+              token: lease.token,
+              attempt: lease.attempt,
+              priority: lease.priority,
+              now
+            }),
             (reply) => startResult(taskId, reply)
           )
         ),
@@ -325,10 +323,7 @@ export const make = (
             ),
       finish: (taskId, token, outcome: Outcome) =>
         Effect.flatMap(Clock.currentTimeMillis, (now) =>
-          Effect.map(
-            connection.run(finishScript.name, () => finishBatch({ key: key(taskId), token, outcome, now })),
-            (reply) => reply === 1
-          )
+          Effect.map(finishBatch({ key: key(taskId), token, outcome, now }), (reply) => reply === 1)
         ),
       release: (taskId, token) =>
         Effect.flatMap(Clock.currentTimeMillis, (now) =>

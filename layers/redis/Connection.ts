@@ -52,7 +52,17 @@ export interface Connection {
     keys: ReadonlyArray<string>,
     args: ReadonlyArray<string | number>
   ) => Effect.Effect<unknown, QueueError>
-  /** `evalScript` as a plain promise, for {@link batched} flushes. */
+  /**
+   * Calls made in the same event-loop turn, sent as one: each caller passes one input and gets its
+   * own output; the inputs gathered until the turn's microtasks have run go to `flush` together (at
+   * most `max` at a time), which answers one output per input, in order. A failed flush fails every
+   * caller of it with `QueueError`. A caller interrupted while it waits does not withdraw its input.
+   */
+  readonly batched: <I, O>(
+    what: string,
+    options: { readonly max: number; readonly flush: (inputs: ReadonlyArray<I>) => Promise<ReadonlyArray<O>> }
+  ) => (input: I) => Effect.Effect<O, QueueError>
+  /** `evalScript` as a plain promise, for `batched` flushes. */
   readonly evalPromise: (
     script: Script,
     keys: ReadonlyArray<string>,
@@ -160,6 +170,8 @@ export const connect = (options: ConnectOptions): Effect.Effect<Connection, Queu
           })
       })
     )
+    const failure = (what: string, cause: unknown) =>
+      new QueueError({ message: `${label} ${what} failed on ${where}: ${describe(cause)}`, cause })
     const guarded = <A>(call: (client: Redis) => Promise<A>) =>
       new Promise<A>((resolve, reject) => {
         waiting.add(reject)
@@ -183,21 +195,55 @@ export const connect = (options: ConnectOptions): Effect.Effect<Connection, Queu
         )
       })
     const run = <A>(what: string, call: (client: Redis) => Promise<A>) =>
-      Effect.tryPromise({
-        try: () => guarded(call),
-        catch: (cause) =>
-          new QueueError({ message: `${label} ${what} failed on ${where}: ${describe(cause)}`, cause })
-      })
+      Effect.tryPromise({ try: () => guarded(call), catch: (cause) => failure(what, cause) })
     const evalPromise = (s: Script, keys: ReadonlyArray<string>, args: ReadonlyArray<string | number>) =>
       client
         .evalsha(s.sha, keys.length, ...keys, ...args)
         .catch((error: unknown) =>
           isNoScript(error) ? client.eval(s.lua, keys.length, ...keys, ...args) : Promise.reject(error)
         )
+    const batched = <I, O>(
+      what: string,
+      options: {
+        readonly max: number
+        readonly flush: (inputs: ReadonlyArray<I>) => Promise<ReadonlyArray<O>>
+      }
+    ) => {
+      interface Waiter {
+        readonly input: I
+        readonly resume: (effect: Effect.Effect<O, QueueError>) => void
+      }
+      let pending: Array<Waiter> = []
+      const send = (waiters: ReadonlyArray<Waiter>) => {
+        const fail = (cause: unknown) => {
+          const error = Effect.fail(failure(what, cause))
+          for (const waiter of waiters) waiter.resume(error)
+        }
+        let reply: Promise<ReadonlyArray<O>>
+        try {
+          reply = options.flush(waiters.map((waiter) => waiter.input))
+        } catch (error) {
+          return fail(error)
+        }
+        reply.then((outputs) => {
+          for (let i = 0; i < waiters.length; i++) waiters[i]!.resume(Effect.succeed(outputs[i] as O))
+        }, fail)
+      }
+      const flushAll = () => {
+        const all = pending
+        pending = []
+        for (let i = 0; i < all.length; i += options.max) send(all.slice(i, i + options.max))
+      }
+      return (input: I): Effect.Effect<O, QueueError> =>
+        Effect.async<O, QueueError>((resume) => {
+          if (pending.push({ input, resume }) === 1) queueMicrotask(flushAll)
+        })
+    }
     return {
       client,
       where,
       run,
+      batched,
       evalPromise: (s, keys, args) => guarded(() => evalPromise(s, keys, args)),
       evalScript: (s, keys, args) => run(s.name, () => evalPromise(s, keys, args))
     }
@@ -208,47 +254,3 @@ export const loadScripts = (connection: Connection, scripts: ReadonlyArray<Scrip
   connection.run("SCRIPT LOAD", (c) =>
     Promise.all(scripts.map((s) => c.script("LOAD", s.lua) as Promise<string>))
   )
-
-/**
- * Calls made in the same event-loop turn, sent as one: each caller passes one input and gets its
- * own output; the inputs gathered until the turn's I/O callbacks are done go to `flush` together
- * (at most `max` at a time), which answers one output per input, in order. A failed flush fails
- * every caller of it. A caller interrupted while it waits does not withdraw its input.
- */
-export const batched = <I, O>(options: {
-  readonly max: number
-  readonly flush: (inputs: ReadonlyArray<I>) => Promise<ReadonlyArray<O>>
-}): ((input: I) => Promise<O>) => {
-  interface Waiter {
-    readonly input: I
-    readonly resolve: (output: O) => void
-    readonly reject: (error: unknown) => void
-  }
-  let pending: Array<Waiter> = []
-  const send = (waiters: ReadonlyArray<Waiter>) => {
-    let reply: Promise<ReadonlyArray<O>>
-    try {
-      reply = options.flush(waiters.map((w) => w.input))
-    } catch (error) {
-      for (const w of waiters) w.reject(error)
-      return
-    }
-    reply.then(
-      (outputs) => {
-        for (let i = 0; i < waiters.length; i++) waiters[i]!.resolve(outputs[i] as O)
-      },
-      (error: unknown) => {
-        for (const w of waiters) w.reject(error)
-      }
-    )
-  }
-  const flushAll = () => {
-    const all = pending
-    pending = []
-    for (let i = 0; i < all.length; i += options.max) send(all.slice(i, i + options.max))
-  }
-  return (input) =>
-    new Promise<O>((resolve, reject) => {
-      if (pending.push({ input, resolve, reject }) === 1) queueMicrotask(flushAll)
-    })
-}
