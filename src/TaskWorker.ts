@@ -296,7 +296,7 @@ const startWorker = (
       const startable = (concurrency * prefetchHorizon) / Math.max(averageRunMillis, 0.01)
       return Math.max(1, Math.min(maxAdaptivePrefetch, Math.floor(startable)))
     }
-    /** Deliveries claimed and not yet done running (waiting for a run slot, or running): at most `capacity`. */
+    /** Deliveries claimed and not yet done running (waiting for a slot, or running): at most `concurrency` + the prefetch. */
     let outstanding = 0
     /**
      * Deliveries claimed and not yet settled. A finished run frees its slot before its outcome is
