@@ -160,6 +160,19 @@ const statusIs = (taskId: string, status: string) =>
     Effect.map((record) => Option.isSome(record) && record.value.status === status)
   )
 
+/** A memory queue that writes down the `max` of every `pullBatch` into `pulls`. */
+const countingPulls = (pulls: Array<number>) =>
+  Layer.effect(
+    QM.QueueManager,
+    Effect.map(MemoryQueue.make({ queueName: uniqueQueueName("worker") }), (queue) => ({
+      ...queue,
+      pullBatch: (max: number, timeout?: Duration.DurationInput) => {
+        pulls.push(max)
+        return queue.pullBatch(max, timeout)
+      }
+    }))
+  )
+
 /** The status of a task's record, `NONE` when it has none. */
 const statusOf = (taskId: string) =>
   Effect.flatMap(TaskStore, (store) => store.get(taskId)).pipe(
@@ -416,17 +429,7 @@ describe("TaskWorker", () => {
       () => {
         const probe = new Probe()
         const pulls: Array<number> = []
-        const queueName = uniqueQueueName("worker")
-        const countingQueue = Layer.effect(
-          QM.QueueManager,
-          Effect.map(MemoryQueue.make({ queueName }), (queue) => ({
-            ...queue,
-            pullBatch: (max: number, timeout?: Duration.DurationInput) => {
-              pulls.push(max)
-              return queue.pullBatch(max, timeout)
-            }
-          }))
-        )
+        const countingQueue = countingPulls(pulls)
         return Effect.gen(function* () {
           const queue = yield* QM.QueueManager
           yield* queue.pushBatch(
@@ -470,16 +473,7 @@ describe("TaskWorker", () => {
   it.scoped("the adaptive prefetch deepens for short tasks and shrinks to one for long ones", () => {
     const probe = new Probe()
     const pulls: Array<number> = []
-    const countingQueue = Layer.effect(
-      QM.QueueManager,
-      Effect.map(MemoryQueue.make({ queueName: uniqueQueueName("worker") }), (queue) => ({
-        ...queue,
-        pullBatch: (max: number, timeout?: Duration.DurationInput) => {
-          pulls.push(max)
-          return queue.pullBatch(max, timeout)
-        }
-      }))
-    )
+    const countingQueue = countingPulls(pulls)
     return Effect.gen(function* () {
       const queue = yield* QM.QueueManager
       yield* queue.pushBatch(Array.from({ length: 60 }, (_, i) => ({ taskId: `short${i}`, data: {} })))
