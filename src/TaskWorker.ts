@@ -565,17 +565,19 @@ const startWorker = (
         )
       )
 
+    /** The last word on a delivery's handling: an interruption at the deadline is expected, anything else is logged. */
+    const unexpected = (cause: Cause.Cause<unknown>) =>
+      Cause.isInterruptedOnly(cause) && deadlinePassed
+        ? Effect.void
+        : Effect.logError(
+            "unexpected failure while handling a task: unless it was settled, it comes back when its lease expires",
+            cause
+          )
+
     /** Ends a delivery that does not run here (`effect` settles or gives it back); never fails. */
     const early = (delivery: Delivery, effect: Effect.Effect<void>) =>
       effect.pipe(
-        Effect.catchAllCause((cause) =>
-          Cause.isInterruptedOnly(cause) && deadlinePassed
-            ? Effect.void
-            : Effect.logError(
-                "unexpected failure while handling a task: unless it was settled, it comes back when its lease expires",
-                cause
-              )
-        ),
+        Effect.catchAllCause(unexpected),
         Effect.annotateLogs({ taskId: delivery.message.taskId, attempt: delivery.message.attempt }),
         Effect.ensuring(
           Effect.sync(() => {
@@ -628,14 +630,7 @@ const startWorker = (
           })
         )
       }).pipe(
-        Effect.catchAllCause((cause) =>
-          Cause.isInterruptedOnly(cause) && deadlinePassed
-            ? Effect.void
-            : Effect.logError(
-                "unexpected failure while handling a task: unless it was settled, it comes back when its lease expires",
-                cause
-              )
-        ),
+        Effect.catchAllCause(unexpected),
         Effect.ensuring(
           Effect.sync(() => {
             doneRunning(delivery)
