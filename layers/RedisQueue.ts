@@ -7,11 +7,13 @@
  *
  * - `{q}:pending` ZSET id -> `(10 - priority) * 2^40 + sequence` (lower is sooner; FIFO inside a
  *   priority); `{q}:seq` the sequence counter.
- * - `{q}:inflight` ZSET id -> lease deadline (server ms); `{q}:lease` HASH id -> lease token;
- *   `{q}:tokens` the token counter.
+ * - `{q}:inflight` ZSET id -> lease deadline (server ms); `{q}:tokens` the lease token counter.
  * - `{q}:delayed` ZSET id -> ready time (server ms).
+ * - `{q}:due` a time (server ms) by which the scripts' upkeep must next look for expired leases
+ *   and due delays (never later than the earliest of them); until then the upkeep is one `GET`.
  * - `{q}:dead` ZSET id -> dead time (server µs, oldest first); `{q}:error` HASH id -> last error.
- * - `{q}:body`, `{q}:priority`, `{q}:attempts` HASH id -> the task, kept until it is acked.
+ * - `{q}:task` HASH, three fields per task: `b:<id>` the body and `s:<id>` its state
+ *   (`attempts * 16 + priority`), kept until it is acked; `l:<id>` the lease token while in flight.
  * - `{q}:marker` ZSET: the wake-up that blocked pullers wait on with `BZPOPMIN`.
  *
  * Every state change is one Lua script (`layers/redis/scripts.ts`) called by SHA, timed by the

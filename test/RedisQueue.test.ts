@@ -17,6 +17,7 @@ import {
 } from "effect"
 import { Redis } from "ioredis"
 import * as RedisQueue from "../layers/RedisQueue.js"
+import * as Scripts from "../layers/redis/scripts.js"
 import * as QM from "../src/QueueManager.js"
 import { conformance, drain, uniqueQueueName } from "./conformance.js"
 import { describeWithServer, redisUrl } from "./services.js"
@@ -60,9 +61,7 @@ const plant = (queueName: string, id: string, priority: number, body: string) =>
     const seq = await client.incr(key.seq)
     await client
       .multi()
-      .hset(key.body, id, body)
-      .hset(key.priority, id, priority)
-      .hset(key.attempts, id, 0)
+      .hset(key.task, Scripts.bodyField(id), body, Scripts.stateField(id), priority)
       .zadd(key.pending, RedisQueue.pendingScore(priority, seq), id)
       .zadd(key.marker, 0, "wake")
       .exec()
@@ -187,8 +186,9 @@ await describeWithServer("Redis", redisUrl, "RedisQueue", () => {
           for (const { args } of seen) {
             if (args[0]?.toLowerCase() !== "evalsha") continue
             // The queue's keys are declared to every script, so Cluster can route and check them.
-            expect(args[2]).toBe("12")
-            expect(args.slice(3, 15)).toEqual(Object.values(RedisQueue.keys(queueName)))
+            const keys = Object.values(RedisQueue.keys(queueName))
+            expect(args[2]).toBe(String(keys.length))
+            expect(args.slice(3, 3 + keys.length)).toEqual(keys)
           }
         })
       )
@@ -236,7 +236,7 @@ await describeWithServer("Redis", redisUrl, "RedisQueue", () => {
           expect(result.every((accepted) => accepted)).toBe(true)
           expect(seen.length).toBe(1)
           expect(seen[0]!.args[0]!.toLowerCase()).toBe("evalsha")
-          expect(seen[0]!.args.length).toBe(3 + 12 + 3 * 1000)
+          expect(seen[0]!.args.length).toBe(3 + Object.keys(RedisQueue.keys(queueName)).length + 3 * 1000)
           expect(yield* queue.length).toBe(1000)
         })
       )
@@ -327,6 +327,55 @@ await describeWithServer("Redis", redisUrl, "RedisQueue", () => {
           expect(Either.isLeft(staleExtend) && staleExtend.left._tag).toBe("LeaseLost")
           yield* second.ack
           expect(yield* a.stats).toEqual({ pending: 0, inFlight: 0, delayed: 0, dead: 0 })
+        })
+      )
+    )
+
+    it.live(
+      "the upkeep, skipped until {q}:due, still reaps a shorter lease and promotes a delay due before it",
+      () =>
+        onQueue((queueName) =>
+          Effect.gen(function* () {
+            const long = yield* instance(queueName, "30 seconds")
+            const short = yield* instance(queueName, "300 millis")
+            yield* long.pushBatch(
+              ["held", "delayed", "expiring"].map((taskId) => ({ taskId, data: meeting(1) }))
+            )
+            // A 30-second lease first: the next look is 30 seconds away.
+            const held = yield* long.pull().pipe(Effect.flatten)
+            const due = RedisQueue.keys(queueName).due
+            const first = Number(yield* withClient((client) => client.get(due)))
+            const delayed = yield* long.pull().pipe(Effect.flatten)
+            yield* delayed.nack({ delay: "200 millis" })
+            const expiring = yield* short.pull().pipe(Effect.flatten)
+            expect(expiring.message.taskId).toBe("expiring")
+            // The delay and the short lease each brought the next look forward.
+            expect(Number(yield* withClient((client) => client.get(due)))).toBeLessThan(first - 20_000)
+            const [elapsed, next] = yield* Effect.timed(long.pull(Duration.seconds(5)).pipe(Effect.flatten))
+            expect(next.message.taskId).toBe("delayed")
+            expect(next.message.attempt).toBe(2)
+            expect(Duration.toMillis(elapsed)).toBeLessThan(2_000)
+            const again = yield* long.pull(Duration.seconds(5)).pipe(Effect.flatten)
+            expect(again.message.taskId).toBe("expiring")
+            expect(again.message.attempt).toBe(2)
+            yield* Effect.all([held.ack, next.ack, again.ack])
+            expect(yield* long.stats).toEqual({ pending: 0, inFlight: 0, delayed: 0, dead: 0 })
+          })
+        )
+    )
+
+    it.live("a lost {q}:due key only makes the next script look: an expired lease still comes back", () =>
+      onQueue((queueName) =>
+        Effect.gen(function* () {
+          const queue = yield* instance(queueName, "300 millis")
+          yield* queue.push("orphan", meeting(1))
+          const first = yield* queue.pull().pipe(Effect.flatten)
+          yield* withClient((client) => client.del(RedisQueue.keys(queueName).due))
+          const second = yield* queue.pull(Duration.seconds(5)).pipe(Effect.flatten)
+          expect(second.message.taskId).toBe("orphan")
+          expect(second.message.attempt).toBe(2)
+          expect(Either.isLeft(yield* Effect.either(first.ack))).toBe(true)
+          yield* second.ack
         })
       )
     )

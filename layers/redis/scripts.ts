@@ -16,14 +16,12 @@ export const keyNames = [
   "inflight",
   "delayed",
   "dead",
-  "body",
-  "priority",
-  "attempts",
-  "lease",
+  "task",
   "error",
   "seq",
   "tokens",
-  "marker"
+  "marker",
+  "due"
 ] as const
 
 /** One key of a queue. */
@@ -32,31 +30,57 @@ export type KeyName = (typeof keyNames)[number]
 /** Pending score band of one priority level: `(10 - priority) * 2^40 + sequence`. */
 export const priorityBand = 2 ** 40
 
+/** The `{q}:task` field of a task's body. */
+export const bodyField = (id: string) => `b:${id}`
+
+/** The `{q}:task` field of a task's state: `attempts * 16 + priority`. */
+export const stateField = (id: string) => `s:${id}`
+
+/** The `{q}:task` field of a task's lease token, while it is in flight. */
+export const leaseField = (id: string) => `l:${id}`
+
 // Shared by every script: key names, the server's clock, and the upkeep that puts expired leases
 // and due delays back in pending (with a fresh sequence: the back of their priority).
+// `{q}:due` holds a time by which the upkeep must look again (never later than the earliest
+// lease deadline or delay): the upkeep costs one GET until then. Acks leave it early, which only
+// makes the next look find nothing and set it afresh.
 const prelude = `
 local pending, inflight, delayed, dead = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local body, priority, attempts, lease, errors = KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
-local seq, tokens, marker = KEYS[10], KEYS[11], KEYS[12]
+local task, errors, seq, tokens, marker, dueKey = KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
 local time = redis.call('TIME')
 local nowMicros = tonumber(time[1]) * 1000000 + tonumber(time[2])
 local now = math.floor(nowMicros / 1000)
+local dueAt = nil
 
 local function wake()
   redis.call('ZADD', marker, 0, 'wake')
 end
 
+local function stateOf(id)
+  return tonumber(redis.call('HGET', task, 's:' .. id)) or 5
+end
+
 local function toPending(id, p)
-  p = p or tonumber(redis.call('HGET', priority, id)) or 5
+  p = p or stateOf(id) % 16
   redis.call('ZADD', pending, (10 - p) * ${priorityBand} + redis.call('INCR', seq), id)
 end
 
+-- A lease deadline or delay at time t: the upkeep must look by then.
+local function dueBy(t)
+  if dueAt == nil or t < dueAt then
+    dueAt = t
+    redis.call('SET', dueKey, t)
+  end
+end
+
 local function maintain()
+  dueAt = tonumber(redis.call('GET', dueKey))
+  if dueAt ~= nil and dueAt > now then return end
   local moved = false
   local expired = redis.call('ZRANGEBYSCORE', inflight, '-inf', now)
   for i = 1, #expired do
     redis.call('ZREM', inflight, expired[i])
-    redis.call('HDEL', lease, expired[i])
+    redis.call('HDEL', task, 'l:' .. expired[i])
     toPending(expired[i])
     moved = true
   end
@@ -67,15 +91,24 @@ local function maintain()
     moved = true
   end
   if moved then wake() end
+  dueAt = nil
+  for _, key in ipairs({ inflight, delayed }) do
+    local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+    if first[2] then
+      local at = tonumber(first[2])
+      if dueAt == nil or at < dueAt then dueAt = at end
+    end
+  end
+  if dueAt == nil then redis.call('DEL', dueKey) else redis.call('SET', dueKey, dueAt) end
 end
 
 local function holds(id, token)
-  return redis.call('HGET', lease, id) == token
+  return redis.call('HGET', task, 'l:' .. id) == token
 end
 
 local function unlease(id)
   redis.call('ZREM', inflight, id)
-  redis.call('HDEL', lease, id)
+  redis.call('HDEL', task, 'l:' .. id)
 end
 `
 
@@ -96,7 +129,7 @@ for i = 1, #ARGV, 3 do
   local accepted = 1
   if seen[id] then
     accepted = 0
-  elseif redis.call('HEXISTS', body, id) == 1 then
+  elseif redis.call('HEXISTS', task, 'b:' .. id) == 1 then
     if redis.call('ZREM', dead, id) == 1 then
       redis.call('HDEL', errors, id)
     else
@@ -111,22 +144,18 @@ if #fresh == 0 then return out end
 -- One sequence block and one variadic call per key for the accepted tasks, 1,000 at a time.
 local first = redis.call('INCRBY', seq, #fresh) - #fresh
 for from = 1, #fresh, 1000 do
-  local bodies, priorities, attempt, scores = {}, {}, {}, {}
+  local fields, scores = {}, {}
   for k = from, math.min(from + 999, #fresh) do
     local i = fresh[k]
     local id, p = ARGV[i], tonumber(ARGV[i + 1])
-    bodies[#bodies + 1] = id
-    bodies[#bodies + 1] = ARGV[i + 2]
-    priorities[#priorities + 1] = id
-    priorities[#priorities + 1] = p
-    attempt[#attempt + 1] = id
-    attempt[#attempt + 1] = 0
+    fields[#fields + 1] = 'b:' .. id
+    fields[#fields + 1] = ARGV[i + 2]
+    fields[#fields + 1] = 's:' .. id
+    fields[#fields + 1] = p
     scores[#scores + 1] = (10 - p) * ${priorityBand} + first + k
     scores[#scores + 1] = id
   end
-  redis.call('HSET', body, unpack(bodies))
-  redis.call('HSET', priority, unpack(priorities))
-  redis.call('HSET', attempts, unpack(attempt))
+  redis.call('HSET', task, unpack(fields))
   redis.call('ZADD', pending, unpack(scores))
 end
 wake()
@@ -137,39 +166,43 @@ return out
 /**
  * ARGV: `max, leaseMillis`. Reaps, promotes, then leases up to `max` pending tasks. Returns
  * `{ waitMillis, id, body, attempt, token, score, ... }`; `waitMillis` is only set (>= 0) when
- * nothing was claimed: how long until the next lease deadline or delay is due (-1: none).
+ * nothing was claimed: how long until the next lease deadline or delay may be due (-1: none).
  */
 export const claim = script(
   "claim",
   `
 maintain()
 local popped = redis.call('ZPOPMIN', pending, tonumber(ARGV[1]))
-local deadline = now + tonumber(ARGV[2])
 local out = { -1 }
-for i = 1, #popped, 2 do
-  local id = popped[i]
-  local token = tostring(redis.call('INCR', tokens))
-  redis.call('HSET', lease, id, token)
-  redis.call('ZADD', inflight, deadline, id)
-  out[#out + 1] = id
-  out[#out + 1] = redis.call('HGET', body, id) or ''
-  out[#out + 1] = redis.call('HINCRBY', attempts, id, 1)
-  out[#out + 1] = token
-  out[#out + 1] = popped[i + 1]
-end
 if #popped == 0 then
-  local nextDue = -1
-  for _, key in ipairs({ inflight, delayed }) do
-    local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
-    if first[2] then
-      local due = tonumber(first[2])
-      if nextDue < 0 or due < nextDue then nextDue = due end
-    end
-  end
-  if nextDue >= 0 then out[1] = math.max(0, nextDue - now) end
-elseif redis.call('EXISTS', pending) == 1 then
-  wake()
+  if dueAt ~= nil then out[1] = math.max(0, dueAt - now) end
+  return out
 end
+local deadline = now + tonumber(ARGV[2])
+local n = #popped / 2
+local firstToken = redis.call('INCRBY', tokens, n) - n
+local leased, fields = {}, {}
+for k = 1, n do
+  local id = popped[2 * k - 1]
+  local token = tostring(firstToken + k)
+  local got = redis.call('HMGET', task, 'b:' .. id, 's:' .. id)
+  local state = (tonumber(got[2]) or 5) + 16
+  leased[#leased + 1] = deadline
+  leased[#leased + 1] = id
+  fields[#fields + 1] = 's:' .. id
+  fields[#fields + 1] = state
+  fields[#fields + 1] = 'l:' .. id
+  fields[#fields + 1] = token
+  out[#out + 1] = id
+  out[#out + 1] = got[1] or ''
+  out[#out + 1] = math.floor(state / 16)
+  out[#out + 1] = token
+  out[#out + 1] = popped[2 * k]
+end
+redis.call('ZADD', inflight, unpack(leased))
+redis.call('HSET', task, unpack(fields))
+dueBy(deadline)
+if redis.call('EXISTS', pending) == 1 then wake() end
 return out
 `
 )
@@ -187,7 +220,7 @@ for i = 1, #ARGV, 3 do
   local id = ARGV[i]
   if holds(id, ARGV[i + 1]) then
     unlease(id)
-    redis.call('HINCRBY', attempts, id, -1)
+    redis.call('HINCRBY', task, 's:' .. id, -16)
     redis.call('ZADD', pending, ARGV[i + 2], id)
     undone = undone + 1
   end
@@ -206,11 +239,14 @@ export const ack = script(
   `
 maintain()
 local out = {}
-local done = {}
+local done, fields = {}, {}
 for i = 1, #ARGV, 2 do
   local id = ARGV[i]
   if holds(id, ARGV[i + 1]) then
     done[#done + 1] = id
+    fields[#fields + 1] = 'b:' .. id
+    fields[#fields + 1] = 's:' .. id
+    fields[#fields + 1] = 'l:' .. id
     out[#out + 1] = 1
   else
     out[#out + 1] = 0
@@ -218,9 +254,7 @@ for i = 1, #ARGV, 2 do
 end
 if #done > 0 then
   redis.call('ZREM', inflight, unpack(done))
-  for _, key in ipairs({ lease, body, priority, attempts }) do
-    redis.call('HDEL', key, unpack(done))
-  end
+  redis.call('HDEL', task, unpack(fields))
 end
 return out
 `
@@ -243,6 +277,7 @@ if ARGV[3] == 'dead' then
   redis.call('HSET', errors, id, ARGV[5])
 elseif delay > 0 then
   redis.call('ZADD', delayed, now + delay, id)
+  dueBy(now + delay)
   wake()
 else
   toPending(id)
@@ -260,6 +295,7 @@ maintain()
 local id = ARGV[1]
 if not holds(id, ARGV[2]) then return 0 end
 redis.call('ZADD', inflight, now + tonumber(ARGV[3]), id)
+dueBy(now + tonumber(ARGV[3]))
 return 1
 `
 )
@@ -288,9 +324,12 @@ for _, key in ipairs({ pending, delayed }) do
   while true do
     local ids = redis.call('ZRANGE', key, 0, 999)
     if #ids == 0 then break end
-    redis.call('HDEL', body, unpack(ids))
-    redis.call('HDEL', priority, unpack(ids))
-    redis.call('HDEL', attempts, unpack(ids))
+    local fields = {}
+    for i = 1, #ids do
+      fields[#fields + 1] = 'b:' .. ids[i]
+      fields[#fields + 1] = 's:' .. ids[i]
+    end
+    redis.call('HDEL', task, unpack(fields))
     redis.call('ZREMRANGEBYRANK', key, 0, #ids - 1)
     removed = removed + #ids
   end
@@ -309,9 +348,10 @@ if limit <= 0 then return out end
 local letters = redis.call('ZRANGE', dead, 0, limit - 1, 'WITHSCORES')
 for i = 1, #letters, 2 do
   local id = letters[i]
+  local got = redis.call('HMGET', task, 'b:' .. id, 's:' .. id)
   out[#out + 1] = id
-  out[#out + 1] = redis.call('HGET', body, id) or ''
-  out[#out + 1] = tonumber(redis.call('HGET', attempts, id)) or 0
+  out[#out + 1] = got[1] or ''
+  out[#out + 1] = math.floor((tonumber(got[2]) or 0) / 16)
   out[#out + 1] = redis.call('HGET', errors, id) or ''
   out[#out + 1] = math.floor(tonumber(letters[i + 1]) / 1000)
 end
@@ -326,8 +366,9 @@ export const retryDead = script(
 local id = ARGV[1]
 if redis.call('ZREM', dead, id) == 0 then return 0 end
 redis.call('HDEL', errors, id)
-redis.call('HSET', attempts, id, 0)
-toPending(id)
+local p = stateOf(id) % 16
+redis.call('HSET', task, 's:' .. id, p)
+toPending(id, p)
 wake()
 return 1
 `
