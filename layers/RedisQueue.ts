@@ -28,6 +28,7 @@ import {
   Clock,
   Config,
   type ConfigError,
+  Context,
   Deferred,
   Duration,
   Effect,
@@ -135,10 +136,28 @@ export const makeBackend = (
 
     // Acks and single pushes made in the same event-loop turn (by concurrent workers or
     // producers) go to Redis as one script call.
+    /** The pending score each lease held here was claimed from, by token: where `release` puts it back. */
+    const positions = new Map<string, string>()
+    // Where each lease came from is forgotten once its ack has an answer (or failed).
     const ackBatch = commands.batched(Scripts.ack.name, {
       max: maxBatch,
-      flush: (leases: ReadonlyArray<readonly [string, string]>) =>
-        commands.evalPromise(Scripts.ack, keyList, leases.flat()) as Promise<ReadonlyArray<number>>
+      flush: (leases: ReadonlyArray<readonly [string, string]>) => {
+        const forget = () => {
+          for (const [, token] of leases) positions.delete(token)
+        }
+        return (
+          commands.evalPromise(Scripts.ack, keyList, leases.flat()) as Promise<ReadonlyArray<number>>
+        ).then(
+          (reply) => {
+            forget()
+            return reply
+          },
+          (error: unknown) => {
+            forget()
+            throw error
+          }
+        )
+      }
     })
     const offerBatch = commands.batched(Scripts.offer.name, {
       max: maxBatch,
@@ -235,8 +254,6 @@ export const makeBackend = (
       return { leases, waitMillis: Number(r[0]) }
     }
 
-    /** The pending score each lease held here was claimed from, by token: where `release` puts it back. */
-    const positions = new Map<string, string>()
     const settled = <A, E>(token: string, self: Effect.Effect<A, E>) =>
       Effect.ensuring(
         self,
@@ -283,22 +300,29 @@ export const makeBackend = (
         })
       )
 
+    /** Leases handed to their caller: where each came from is kept for `release`. */
+    const held = (leases: Claimed["leases"]): ReadonlyArray<RawLease> => {
+      for (const lease of leases) positions.set(lease.token, lease.score)
+      return leases
+    }
+
     const claim = (max: number, timeout: Duration.Duration) =>
-      Effect.gen(function* () {
-        const deadline = (yield* Clock.currentTimeMillis) + Duration.toMillis(timeout)
-        for (;;) {
+      Effect.withFiberRuntime<ReadonlyArray<RawLease>, QueueError>((fiber) => {
+        const clock = Context.get(fiber.currentDefaultServices, Clock.Clock)
+        const deadline = clock.unsafeCurrentTimeMillis() + Duration.toMillis(timeout)
+        const attempt = (): Effect.Effect<ReadonlyArray<RawLease>, QueueError> => {
           const gen = current
-          const claimed = yield* claimOnce(max)
-          if (claimed.leases.length > 0) {
-            return claimed.leases.map(({ attempt, body, id, score, token }): RawLease => {
-              positions.set(token, score)
-              return { id, body, attempt, token }
-            })
-          }
-          const remaining = deadline - (yield* Clock.currentTimeMillis)
-          if (remaining <= 0) return []
-          yield* waitFor(gen, claimed.waitMillis < 0 ? remaining : Math.min(remaining, claimed.waitMillis))
+          return Effect.flatMap(claimOnce(max), (claimed) => {
+            if (claimed.leases.length > 0) return Effect.succeed(held(claimed.leases))
+            const remaining = deadline - clock.unsafeCurrentTimeMillis()
+            if (remaining <= 0) return Effect.succeed([])
+            return Effect.flatMap(
+              waitFor(gen, claimed.waitMillis < 0 ? remaining : Math.min(remaining, claimed.waitMillis)),
+              attempt
+            )
+          })
         }
+        return attempt()
       })
 
     const withLease = (script: Connection.Script, id: string, args: ReadonlyArray<string | number>) =>
@@ -336,10 +360,7 @@ export const makeBackend = (
       offer,
       claim,
       ack: (id, token) =>
-        settled(
-          token,
-          Effect.flatMap(ackBatch([id, token]), (held) => (held === 1 ? Effect.void : Effect.fail(lost(id))))
-        ),
+        Effect.flatMap(ackBatch([id, token]), (acked) => (acked === 1 ? Effect.void : Effect.fail(lost(id)))),
       ackMany: (leases) =>
         Effect.ensuring(
           Effect.map(

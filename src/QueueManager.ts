@@ -436,6 +436,18 @@ export const make = (options: {
     )
   }
 
+  // The timeout of the last pull, decoded once: a pull loop passes the same one every time, and
+  // decoding a string such as "1 second" each time is a measurable part of a pull.
+  let lastTimeout: Duration.DurationInput = defaultTimeout
+  let lastTimeoutMillis = Duration.toMillis(defaultTimeout)
+  const timeoutMillis = (timeout: Duration.DurationInput) => {
+    if (timeout !== lastTimeout) {
+      lastTimeoutMillis = Duration.toMillis(timeout)
+      lastTimeout = timeout
+    }
+    return lastTimeoutMillis
+  }
+
   const claimFor = <A>(
     max: number,
     timeout: Duration.DurationInput,
@@ -443,7 +455,7 @@ export const make = (options: {
     finish: (deliveries: Array<Delivery>) => A
   ) => {
     const now = clockMillis(fiber)
-    return claim(Math.max(1, Math.floor(max)), now + Duration.toMillis(timeout), now, finish)
+    return claim(Math.max(1, Math.floor(max)), now + timeoutMillis(timeout), now, finish)
   }
 
   return {
