@@ -143,6 +143,13 @@ export const makeBackend = (leaseDuration: Duration.DurationInput): QueueBackend
       return Effect.void
     })
 
+  /** The task is done: it leaves the queue. */
+  const acked = (entry: Entry) => {
+    counts.inflight--
+    entry.version++
+    tasks.delete(entry.id)
+  }
+
   const offer = (batch: ReadonlyArray<RawTask>) =>
     Effect.sync(() => {
       const accepted: Array<boolean> = []
@@ -237,11 +244,17 @@ export const makeBackend = (leaseDuration: Duration.DurationInput): QueueBackend
     kind: "memory",
     offer,
     claim,
-    ack: (id, token) =>
-      withLease(id, token, (entry) => {
-        counts.inflight--
-        entry.version++
-        tasks.delete(id)
+    ack: (id, token) => withLease(id, token, acked),
+    ackMany: (held) =>
+      withNow((now) => {
+        maintain(now)
+        return Effect.succeed(
+          held.map(({ id, token }) => {
+            const entry = holder(id, token, now)
+            if (entry !== undefined) acked(entry)
+            return entry !== undefined
+          })
+        )
       }),
     nack,
     release: (id, token) =>

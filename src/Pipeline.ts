@@ -12,7 +12,7 @@
  *
  * @since 0.1.0
  */
-import { Context, Effect, Layer, ParseResult, Predicate, Schema } from "effect"
+import { Context, Effect, Either, Layer, ParseResult, Predicate, Schema } from "effect"
 import { isJsonValue, type JsonValue, type TaskMessage } from "./Task.js"
 
 /** The task's data failed the pipeline's schema: a permanent failure, never retried. */
@@ -91,43 +91,46 @@ export class Pipeline extends Context.Tag("effect-task-queue/Pipeline")<Pipeline
     Layer.effect(
       Pipeline,
       Effect.map(Effect.context<R>(), (context): PipelineService => {
+        const decodeSync = Schema.decodeUnknownEither(definition.schema)
         const decode = Schema.decodeUnknown(definition.schema)
         const name = definition.name ?? "pipeline"
-        const unprovided = (message: TaskMessage) =>
-          decode(message.data).pipe(
-            Effect.mapError(
-              (error) =>
-                new TaskFailed({
-                  message: `invalid task data: ${ParseResult.TreeFormatter.formatErrorSync(error)}`,
-                  permanent: true,
-                  cause: new InvalidTaskData({ taskId: message.taskId, message: error.message })
-                })
-            ),
-            Effect.flatMap((data) =>
-              definition.run(data, message).pipe(
-                Effect.mapError(
-                  (error) =>
-                    new TaskFailed({
-                      message: describeFailure(error),
-                      permanent: error instanceof UnrecoverableError,
-                      cause: error
-                    })
+        const invalid = (message: TaskMessage, error: ParseResult.ParseError) =>
+          new TaskFailed({
+            message: `invalid task data: ${ParseResult.TreeFormatter.formatErrorSync(error)}`,
+            permanent: true,
+            cause: new InvalidTaskData({ taskId: message.taskId, message: error.message })
+          })
+        const checked = (result: unknown): Effect.Effect<JsonValue, TaskFailed> =>
+          result === undefined
+            ? Effect.succeed(null)
+            : isJsonValue(result)
+              ? Effect.succeed(result)
+              : Effect.fail(
+                  new TaskFailed({ message: "the pipeline's result is not plain JSON", permanent: true })
                 )
-              )
-            ),
-            Effect.flatMap((result) =>
-              result === undefined
-                ? Effect.succeed(null)
-                : isJsonValue(result)
-                  ? Effect.succeed(result)
-                  : Effect.fail(
-                      new TaskFailed({
-                        message: "the pipeline's result is not plain JSON",
-                        permanent: true
-                      })
-                    )
-            )
-          )
+        const runDecoded = (data: I, message: TaskMessage) =>
+          Effect.matchEffect(definition.run(data, message), {
+            onFailure: (error) =>
+              Effect.fail(
+                new TaskFailed({
+                  message: describeFailure(error),
+                  permanent: error instanceof UnrecoverableError,
+                  cause: error
+                })
+              ),
+            onSuccess: checked
+          })
+        // Decoded without an effect of its own when the schema is synchronous (most are); data that
+        // fails (or a schema that needs an effect) goes through the effectful decoder, which says why.
+        const unprovided = (message: TaskMessage) => {
+          const decoded = decodeSync(message.data)
+          return Either.isRight(decoded)
+            ? runDecoded(decoded.right, message)
+            : Effect.matchEffect(decode(message.data), {
+                onFailure: (error) => Effect.fail(invalid(message, error)),
+                onSuccess: (data) => runDecoded(data, message)
+              })
+        }
         return {
           name,
           run: (message: TaskMessage) => Effect.provide(unprovided(message), context),

@@ -534,9 +534,11 @@ const startWorker = (
             Effect.logWarning("task already failed in an earlier delivery: dead-lettered without running")
           )
 
-    const verdictOf = (exit: Exit.Exit<JsonValue, TaskFailed>, attempt: number): Verdict => {
-      if (Exit.isSuccess(exit)) return { _tag: "Completed", result: exit.value }
-      const cause = exit.cause
+    /** How a run that did not complete ended, as the worker acts on it. */
+    const verdictOf = (
+      cause: Cause.Cause<TaskFailed>,
+      attempt: number
+    ): Exclude<Verdict, { readonly _tag: "Completed" }> => {
       if (deadlinePassed && Cause.isInterruptedOnly(cause)) return { _tag: "Failed", error: shutdownTimeout }
       const failure = Cause.failureOption(cause)
       const error = Option.isSome(failure)
@@ -588,69 +590,93 @@ const startWorker = (
         )
       )
 
-    /**
-     * Runs one delivery's pipeline on a slot fiber, then hands a completed run to the settler or
-     * settles any other end itself; never fails. The slot's log annotations name the task meanwhile.
-     */
-    const runOne = (delivery: Delivery, baseAnnotations: HashMap.HashMap<string, unknown>) => {
-      const message = delivery.message
-      let handedOver = false
-      return Effect.uninterruptibleMask((restore) => {
-        started.unsafeUpdate(1, [])
-        const startedAt = clock.unsafeCurrentTimeMillis()
-        const traced = tracing
-          ? Effect.withSpan(runPipeline(message), "TaskWorker.run", {
-              attributes: { "task.id": message.taskId, "task.attempt": message.attempt },
-              captureStackTrace: false
-            })
-          : runPipeline(message)
-        const logged = debugEnabled ? Effect.zipRight(Effect.logDebug("task started"), traced) : traced
-        const annotate = FiberRef.set(
-          FiberRef.currentLogAnnotations,
-          HashMap.set(HashMap.set(baseAnnotations, "taskId", message.taskId), "attempt", message.attempt)
-        )
-        return Effect.zipRight(
-          annotate,
-          Effect.flatMap(Effect.exit(restore(logged)), (exit) => {
-            doneRunning(delivery)
-            const durationMillis = clock.unsafeCurrentTimeMillis() - startedAt
-            duration.unsafeUpdate(durationMillis, [])
-            averageRunMillis =
-              averageRunMillis === undefined ? durationMillis : 0.8 * averageRunMillis + 0.2 * durationMillis
-            const verdict = verdictOf(exit, message.attempt)
-            if (verdict._tag === "Completed") {
-              handedOver = true
-              complete({ delivery, result: verdict.result, durationMillis })
-              return Effect.void
-            }
-            const settled = settle(delivery, verdict, durationMillis)
-            return Exit.isFailure(exit) && Cause.isDie(exit.cause)
-              ? Effect.zipRight(Effect.logWarning("the pipeline died", exit.cause), settled)
-              : settled
-          })
-        )
-      }).pipe(
-        Effect.catchAllCause(unexpected),
+    /** A run ended after `durationMillis`: it leaves `outstanding` and feeds the duration metric and the adaptive prefetch. */
+    const ran = (delivery: Delivery, startedAt: number): number => {
+      doneRunning(delivery)
+      const durationMillis = clock.unsafeCurrentTimeMillis() - startedAt
+      duration.unsafeUpdate(durationMillis, [])
+      averageRunMillis =
+        averageRunMillis === undefined ? durationMillis : 0.8 * averageRunMillis + 0.2 * durationMillis
+      return durationMillis
+    }
+
+    /** Settles a run that did not complete; never fails, and the delivery leaves `held` after. */
+    const settleEnded = (delivery: Delivery, cause: Cause.Cause<TaskFailed>, durationMillis: number) => {
+      const settled = settle(delivery, verdictOf(cause, delivery.message.attempt), durationMillis)
+      return Effect.catchAllCause(
+        Cause.isDie(cause)
+          ? Effect.zipRight(Effect.logWarning("the pipeline died", cause), settled)
+          : settled,
+        unexpected
+      ).pipe(
         Effect.ensuring(
           Effect.sync(() => {
-            doneRunning(delivery)
-            if (!handedOver) held--
+            held--
             changed.unsafeOpen()
           })
         )
       )
     }
 
-    /** A slot: runs ready deliveries one after another until the shutdown. */
-    const slot = Effect.flatMap(FiberRef.get(FiberRef.currentLogAnnotations), (baseAnnotations) =>
-      Effect.gen(function* () {
-        for (;;) {
-          const delivery = yield* nextReady
-          if (delivery === undefined) return
-          yield* runOne(delivery, baseAnnotations)
+    /**
+     * Runs one delivery's pipeline on a slot fiber (the slot is uninterruptible, the run
+     * interruptible through `restore`), then hands a completed run to the settler or settles any
+     * other end itself; never fails. The slot's log annotations name the task meanwhile. A run is
+     * one step of the runtime besides the pipeline's own: everything around it is plain code.
+     */
+    const runOne = (
+      delivery: Delivery,
+      restore: <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>,
+      baseAnnotations: HashMap.HashMap<string, unknown>
+    ): Effect.Effect<void, never, unknown> => {
+      const message = delivery.message
+      started.unsafeUpdate(1, [])
+      const traced = tracing
+        ? Effect.withSpan(runPipeline(message), "TaskWorker.run", {
+            attributes: { "task.id": message.taskId, "task.attempt": message.attempt },
+            captureStackTrace: false
+          })
+        : runPipeline(message)
+      const logged = restore(debugEnabled ? Effect.zipRight(Effect.logDebug("task started"), traced) : traced)
+      let startedAt = 0
+      return Effect.matchCauseEffect(
+        Effect.flatMap(
+          FiberRef.set(
+            FiberRef.currentLogAnnotations,
+            HashMap.set(HashMap.set(baseAnnotations, "taskId", message.taskId), "attempt", message.attempt)
+          ),
+          () => {
+            startedAt = clock.unsafeCurrentTimeMillis()
+            return logged
+          }
+        ),
+        {
+          onSuccess: (result) => {
+            complete({ delivery, result, durationMillis: ran(delivery, startedAt) })
+            return Effect.void
+          },
+          onFailure: (cause) => settleEnded(delivery, cause, ran(delivery, startedAt))
         }
-      })
-    )
+      )
+    }
+
+    /**
+     * A slot: runs ready deliveries one after another until the shutdown. It is uninterruptible
+     * but where it waits for a delivery and where a pipeline runs: the bookkeeping around a run
+     * needs no mask of its own.
+     */
+    const slot = Effect.uninterruptibleMask((restore) => {
+      const waitReady = restore(nextReady)
+      return Effect.flatMap(FiberRef.get(FiberRef.currentLogAnnotations), (baseAnnotations) =>
+        Effect.gen(function* () {
+          for (;;) {
+            const delivery = ready.shift() ?? (yield* waitReady)
+            if (delivery === undefined) return
+            yield* runOne(delivery, restore, baseAnnotations)
+          }
+        })
+      )
+    })
 
     /**
      * Records the start of a claimed batch in one call, then queues each delivery for a slot, or

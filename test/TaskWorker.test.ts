@@ -17,6 +17,7 @@ import {
   Logger,
   Metric,
   Option,
+  ParseResult,
   Schedule,
   Schema,
   Scope,
@@ -895,6 +896,49 @@ describe("TaskWorker", () => {
         )
       ),
       Effect.provide(Logger.replace(Logger.defaultLogger, capture))
+    )
+  })
+
+  it.scoped("a schema that decodes asynchronously: valid data runs, invalid data fails for good", () => {
+    // The worker decodes without an effect where the schema allows; this one needs one.
+    const Later = Schema.transformOrFail(Schema.Number, Schema.Number, {
+      strict: true,
+      decode: (n, _, ast) =>
+        Effect.flatMap(
+          Effect.promise(() => Promise.resolve(n)),
+          (value) =>
+            value >= 0 ? Effect.succeed(value * 2) : Effect.fail(new ParseResult.Type(ast, n, "negative"))
+        ),
+      encode: (n) => Effect.succeed(n / 2)
+    })
+    const doubled = Pipeline.make({
+      schema: Schema.Struct({ n: Later }),
+      run: ({ n }) => Effect.succeed({ n })
+    })
+    return Effect.gen(function* () {
+      const queue = yield* QM.QueueManager
+      yield* queue.pushBatch([
+        { taskId: "async-ok", data: { n: 21 } },
+        { taskId: "async-bad", data: { n: -1 } }
+      ])
+      yield* TaskWorker.start
+      yield* untilEffect(statusIs("async-ok", "COMPLETED"))
+      yield* untilEffect(statusIs("async-bad", "FAILED"))
+      expect((yield* recordOf("async-ok")).result).toEqual({ n: 42 })
+      expect(yield* recordOf("async-bad")).toMatchObject({ attempts: 1 })
+      expect((yield* recordOf("async-bad")).error).toMatch(/^invalid task data: .*negative/s)
+    }).pipe(
+      Effect.provide(
+        TaskWorker.layer().pipe(
+          Layer.provideMerge(
+            Layer.mergeAll(
+              MemoryQueue.layer({ queueName: uniqueQueueName("worker") }),
+              MemoryTaskStore.layer(),
+              Pipeline.Pipeline.layer(doubled)
+            )
+          )
+        )
+      )
     )
   })
 
