@@ -3,12 +3,10 @@
  * names the same queue on the same Redis.
  *
  * Layout: the record of task `id` of queue `q` is the hash `{q}:task:<id>` (the hash tag `{q}` of
- * the queue's other keys) with the fields `status`, `priority`, `attempts`, `created_at`,
- * `updated_at` (epoch ms), `result` (JSON) or `error`, and `token` (the lease token of the delivery
- * that owns it). Every transition is one Lua script, called by SHA: `create` fails on a known id,
- * `start` leaves finished records alone, `finish` checks the token, `reset` clears the outcome.
- * A finished (COMPLETED or FAILED) record expires after the retention. Times come from Effect's
- * `Clock`, like the memory store's.
+ * the queue's other keys; see `layers/redis/records.ts`). Every transition is one Lua script,
+ * called by SHA: `create` fails on a known id, `start` leaves finished records alone, `finish`
+ * checks the token, `reset` clears the outcome. A finished (COMPLETED or FAILED) record expires
+ * after the retention. Times come from Effect's `Clock`, like the memory store's.
  *
  * @since 0.1.0
  */
@@ -18,26 +16,17 @@ import {
   type ConfigError,
   Duration,
   Effect,
-  Either,
   Layer,
   Option,
-  ParseResult,
   Redacted,
-  Schema,
   type Scope
 } from "effect"
-import { DuplicateTask, QueueError } from "../src/Errors.js"
+import { DuplicateTask, type QueueError } from "../src/Errors.js"
 import * as QM from "../src/QueueManager.js"
-import { type Priority, TaskData, type TaskId, TaskRecord, TaskStatus } from "../src/Task.js"
-import {
-  defaultRetention,
-  type Outcome,
-  type StartResult,
-  started,
-  TaskStore,
-  type TaskStoreService
-} from "../src/TaskStore.js"
+import { type Priority, type TaskId, TaskRecord } from "../src/Task.js"
+import { defaultRetention, type Outcome, TaskStore, type TaskStoreService } from "../src/TaskStore.js"
 import * as Connection from "./redis/Connection.js"
+import * as Records from "./redis/records.js"
 
 /** Options of the Redis task store. */
 export interface RedisTaskStoreOptions {
@@ -54,7 +43,7 @@ export interface RedisTaskStoreOptions {
 }
 
 /** The key of a task's record: `{<queueName>}:task:<taskId>`. */
-export const recordKey = (queueName: string, taskId: string): string => `{${queueName}}:task:${taskId}`
+export const recordKey = Records.recordKey
 
 /** ARGV: priority, now. 1 when created, 0 when the id is known. */
 const createScript = Connection.script(
@@ -71,23 +60,10 @@ return 1`
  */
 const startScript = Connection.script(
   "start",
-  `local now = ARGV[1]
+  `${Records.recordFunctions}
 local out = {}
 for i = 1, #KEYS do
-  local key, token, attempt = KEYS[i], ARGV[3 * i - 1], ARGV[3 * i]
-  local status = redis.call('HGET', key, 'status')
-  if status == 'COMPLETED' or status == 'FAILED' then
-    out[i] = redis.call('HGETALL', key)
-  else
-    if status then
-      redis.call('HSET', key, 'status', 'PROCESSING', 'attempts', attempt, 'updated_at', now, 'token', token)
-      redis.call('HDEL', key, 'result', 'error')
-    else
-      redis.call('HSET', key, 'status', 'PROCESSING', 'priority', ARGV[3 * i + 1], 'attempts', attempt,
-        'created_at', now, 'updated_at', now, 'token', token)
-    end
-    out[i] = 1
-  end
+  out[i] = startRecord(KEYS[i], ARGV[3 * i - 1], ARGV[3 * i], ARGV[3 * i + 1], ARGV[1])
 end
 return out`
 )
@@ -99,19 +75,11 @@ return out`
  */
 const finishScript = Connection.script(
   "finish",
-  `local now, retention = ARGV[1], ARGV[2]
+  `${Records.recordFunctions}
 local out = {}
 for i = 1, #KEYS do
-  local key, at = KEYS[i], 4 * i - 1
-  local status, field = ARGV[at + 1], ARGV[at + 2]
-  if redis.call('HGET', key, 'token') ~= ARGV[at] then
-    out[i] = 0
-  else
-    redis.call('HSET', key, 'status', status, 'updated_at', now, field, ARGV[at + 3])
-    redis.call('HDEL', key, field == 'result' and 'error' or 'result')
-    if status == 'COMPLETED' or status == 'FAILED' then redis.call('PEXPIRE', key, retention) end
-    out[i] = 1
-  end
+  local at = 4 * i - 1
+  out[i] = finishRecord(KEYS[i], ARGV[at], ARGV[at + 1], ARGV[at + 2], ARGV[at + 3], ARGV[1], ARGV[2])
 end
 return out`
 )
@@ -137,20 +105,6 @@ return 1`
 
 const scripts = [createScript, startScript, finishScript, releaseScript, resetScript]
 
-/** A record hash as stored. */
-const RecordHash = Schema.Struct({
-  status: TaskStatus,
-  priority: Schema.NumberFromString,
-  attempts: Schema.NumberFromString,
-  created_at: Schema.NumberFromString,
-  updated_at: Schema.NumberFromString,
-  result: Schema.optional(Schema.parseJson(TaskData)),
-  error: Schema.optional(Schema.String)
-})
-
-const decodeHash = Schema.decodeUnknownEither(RecordHash)
-const decodeRecord = Schema.decodeUnknownEither(TaskRecord)
-
 /** The most starts or outcomes gathered into one script call. */
 const maxBatch = 256
 
@@ -169,28 +123,6 @@ interface FinishCall {
   readonly token: string
   readonly outcome: Outcome
   readonly now: number
-}
-
-/** The record of `taskId` from its hash fields (`HGETALL`), or why it is malformed. */
-const toRecord = (taskId: string, fields: Record<string, string>): Either.Either<TaskRecord, string> =>
-  Either.flatMap(decodeHash(fields), (hash) =>
-    decodeRecord({
-      taskId,
-      status: hash.status,
-      priority: hash.priority,
-      attempts: hash.attempts,
-      createdAt: hash.created_at,
-      updatedAt: hash.updated_at,
-      ...(hash.result === undefined ? {} : { result: hash.result }),
-      ...(hash.error === undefined ? {} : { error: hash.error })
-    })
-  ).pipe(Either.mapLeft((error) => ParseResult.TreeFormatter.formatErrorSync(error)))
-
-/** `HGETALL`'s flat reply (as a script returns it) as an object. */
-const pairs = (flat: ReadonlyArray<string>): Record<string, string> => {
-  const out: Record<string, string> = {}
-  for (let i = 0; i + 1 < flat.length; i += 2) out[flat[i]!] = flat[i + 1]!
-  return out
 }
 
 /**
@@ -241,25 +173,7 @@ export const make = (
       ) as Promise<ReadonlyArray<unknown>>
     const finishBatch = connection.batched(finishScript.name, { max: maxBatch, flush: flushFinish })
 
-    const malformed = (taskId: string, reason: string) =>
-      new QueueError({ message: `the record of task ${taskId} is malformed: ${reason}` })
-
-    const decoded = (taskId: string, fields: Record<string, string>) =>
-      Either.match(toRecord(taskId, fields), {
-        onLeft: (reason) => Effect.fail(malformed(taskId, reason)),
-        onRight: Effect.succeed
-      })
-
     const key = (taskId: string) => recordKey(queueName, taskId)
-
-    /** A start script's answer for one record: 1, or the fields of a finished record. */
-    const startResult = (taskId: string, reply: unknown): Effect.Effect<StartResult, QueueError> =>
-      Array.isArray(reply)
-        ? Effect.map(decoded(taskId, pairs(reply as ReadonlyArray<string>)), (record) => ({
-            _tag: "Finished",
-            record
-          }))
-        : Effect.succeed(started)
 
     return {
       create: (taskId, priority) =>
@@ -287,7 +201,7 @@ export const make = (
           (fields) =>
             Object.keys(fields).length === 0
               ? Effect.succeed(Option.none())
-              : Effect.map(decoded(taskId, fields), Option.some)
+              : Effect.map(Records.decoded(taskId, fields), Option.some)
         ),
       start: (taskId, lease) =>
         Effect.flatMap(Clock.currentTimeMillis, (now) =>
@@ -299,7 +213,7 @@ export const make = (
               priority: lease.priority,
               now
             }),
-            (reply) => startResult(taskId, reply)
+            (reply) => Records.startResult(taskId, reply)
           )
         ),
       startMany: (starts) =>
@@ -318,7 +232,8 @@ export const make = (
                     }))
                   )
                 ),
-                (replies) => Effect.forEach(replies, (reply, i) => startResult(starts[i]!.taskId, reply))
+                (replies) =>
+                  Effect.forEach(replies, (reply, i) => Records.startResult(starts[i]!.taskId, reply))
               )
             ),
       finish: (taskId, token, outcome: Outcome) =>

@@ -1,0 +1,111 @@
+/**
+ * Task records on Redis, as the Redis task store keeps them and as the Redis queue writes them
+ * inside its own claim and completion scripts when both share a server and a queue name.
+ *
+ * The record of task `id` of queue `q` is the hash `{q}:task:<id>` with the fields `status`,
+ * `priority`, `attempts`, `created_at`, `updated_at` (epoch ms), `result` (JSON) or `error`, and
+ * `token` (the lease token of the delivery that owns it). A finished (COMPLETED or FAILED) record
+ * expires after the retention.
+ *
+ * @since 0.1.0
+ */
+import { Effect, Either, ParseResult, Schema } from "effect"
+import { QueueError } from "../../src/Errors.js"
+import { TaskData, TaskRecord, TaskStatus } from "../../src/Task.js"
+import { type StartResult, started } from "../../src/TaskStore.js"
+
+/** The key prefix of a queue's records: `{<queueName>}:task:`. */
+export const recordPrefix = (queueName: string): string => `{${queueName}}:task:`
+
+/** The key of a task's record: `{<queueName>}:task:<taskId>`. */
+export const recordKey = (queueName: string, taskId: string): string => `${recordPrefix(queueName)}${taskId}`
+
+/**
+ * Lua functions for a script that writes records (the key is built from a prefix passed in, so
+ * both the store's scripts and the queue's can use them):
+ *
+ * - `startRecord(key, token, attempt, priority, now)`: PROCESSING for the delivery holding
+ *   `token` (created when missing); a finished record is left alone and its fields returned;
+ *   else 1.
+ * - `finishRecord(key, token, status, field, value, now, retention)`: the outcome, when the
+ *   record's token is still `token` (1), else nothing (0). Finished records expire after
+ *   `retention` ms.
+ */
+export const recordFunctions = `
+local function startRecord(key, token, attempt, priority, now)
+  local status = redis.call('HGET', key, 'status')
+  if status == 'COMPLETED' or status == 'FAILED' then return redis.call('HGETALL', key) end
+  if status then
+    redis.call('HSET', key, 'status', 'PROCESSING', 'attempts', attempt, 'updated_at', now, 'token', token)
+    redis.call('HDEL', key, 'result', 'error')
+  else
+    redis.call('HSET', key, 'status', 'PROCESSING', 'priority', priority, 'attempts', attempt,
+      'created_at', now, 'updated_at', now, 'token', token)
+  end
+  return 1
+end
+
+local function finishRecord(key, token, status, field, value, now, retention)
+  if redis.call('HGET', key, 'token') ~= token then return 0 end
+  redis.call('HSET', key, 'status', status, 'updated_at', now, field, value)
+  redis.call('HDEL', key, field == 'result' and 'error' or 'result')
+  if status == 'COMPLETED' or status == 'FAILED' then redis.call('PEXPIRE', key, retention) end
+  return 1
+end
+`
+
+/** A record hash as stored. */
+const RecordHash = Schema.Struct({
+  status: TaskStatus,
+  priority: Schema.NumberFromString,
+  attempts: Schema.NumberFromString,
+  created_at: Schema.NumberFromString,
+  updated_at: Schema.NumberFromString,
+  result: Schema.optional(Schema.parseJson(TaskData)),
+  error: Schema.optional(Schema.String)
+})
+
+const decodeHash = Schema.decodeUnknownEither(RecordHash)
+const decodeRecord = Schema.decodeUnknownEither(TaskRecord)
+
+/** The record of `taskId` from its hash fields (`HGETALL`), or why it is malformed. */
+const toRecord = (taskId: string, fields: Record<string, string>): Either.Either<TaskRecord, string> =>
+  Either.flatMap(decodeHash(fields), (hash) =>
+    decodeRecord({
+      taskId,
+      status: hash.status,
+      priority: hash.priority,
+      attempts: hash.attempts,
+      createdAt: hash.created_at,
+      updatedAt: hash.updated_at,
+      ...(hash.result === undefined ? {} : { result: hash.result }),
+      ...(hash.error === undefined ? {} : { error: hash.error })
+    })
+  ).pipe(Either.mapLeft((error) => ParseResult.TreeFormatter.formatErrorSync(error)))
+
+/** `HGETALL`'s flat reply (as a script returns it) as an object. */
+export const pairs = (flat: ReadonlyArray<string>): Record<string, string> => {
+  const out: Record<string, string> = {}
+  for (let i = 0; i + 1 < flat.length; i += 2) out[flat[i]!] = flat[i + 1]!
+  return out
+}
+
+/** The record of `taskId` from its hash fields, or a `QueueError` saying why it is malformed. */
+export const decoded = (
+  taskId: string,
+  fields: Record<string, string>
+): Effect.Effect<TaskRecord, QueueError> =>
+  Either.match(toRecord(taskId, fields), {
+    onLeft: (reason) =>
+      Effect.fail(new QueueError({ message: `the record of task ${taskId} is malformed: ${reason}` })),
+    onRight: Effect.succeed
+  })
+
+/** What `startRecord` answered for one record: 1, or the fields of a finished record. */
+export const startResult = (taskId: string, reply: unknown): Effect.Effect<StartResult, QueueError> =>
+  Array.isArray(reply)
+    ? Effect.map(decoded(taskId, pairs(reply as ReadonlyArray<string>)), (record) => ({
+        _tag: "Finished",
+        record
+      }))
+    : Effect.succeed(started)
