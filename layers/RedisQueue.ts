@@ -39,9 +39,18 @@ import {
   type Scope
 } from "effect"
 import { LeaseLost, type QueueError } from "../src/Errors.js"
-import type { QueueBackend, RawDeadLetter, RawLease, RawNack, RawTask } from "../src/QueueBackend.js"
+import type {
+  QueueBackend,
+  RawDeadLetter,
+  RawLease,
+  RawNack,
+  RawRecording,
+  RawTask
+} from "../src/QueueBackend.js"
 import * as QM from "../src/QueueManager.js"
+import type { SharedRecords } from "../src/TaskStore.js"
 import * as Connection from "./redis/Connection.js"
+import * as Records from "./redis/records.js"
 import * as Scripts from "./redis/scripts.js"
 
 /** Options of the Redis backend. */
@@ -86,8 +95,14 @@ const lost = (id: string) =>
 
 /** A claim as the script returns it: the leases, or how long until something is due (-1: nothing). */
 interface Claimed {
-  readonly leases: ReadonlyArray<RawLease & { readonly score: string }>
+  readonly leases: ReadonlyArray<ClaimedLease>
   readonly waitMillis: number
+}
+
+/** A lease as claimed: the pending score it came from and, when the claim recorded it, the start script's reply. */
+interface ClaimedLease extends RawLease {
+  readonly score: string
+  readonly start: unknown
 }
 
 /**
@@ -239,19 +254,31 @@ export const makeBackend = (
     )
 
     // --- operations ---------------------------------------------------------------------------
-    const parseClaim = (reply: unknown): Claimed => {
-      const r = reply as ReadonlyArray<string | number>
-      const leases: Array<RawLease & { readonly score: string }> = []
-      for (let i = 1; i + 4 < r.length; i += 5) {
+    /** A claim script's reply: `stride` 6 when it recorded the starts (each lease then carries its `start` reply). */
+    const parseClaim = (reply: unknown, stride: 5 | 6): Claimed => {
+      const r = reply as ReadonlyArray<unknown>
+      const leases: Array<ClaimedLease> = []
+      for (let i = 1; i + stride - 1 < r.length; i += stride) {
         leases.push({
           id: String(r[i]),
           body: String(r[i + 1]),
           attempt: Number(r[i + 2]),
           token: String(r[i + 3]),
-          score: String(r[i + 4])
+          score: String(r[i + 4]),
+          start: stride === 6 ? r[i + 5] : undefined
         })
       }
       return { leases, waitMillis: Number(r[0]) }
+    }
+
+    /** Deals the leases of one merged claim out to its callers in order, the most urgent to the first. */
+    const deal = ({ leases, waitMillis }: Claimed, maxes: ReadonlyArray<number>) => {
+      let at = 0
+      return maxes.map((max): Claimed => {
+        const mine = leases.slice(at, at + max)
+        at += max
+        return { leases: mine, waitMillis }
+      })
     }
 
     const settled = <A, E>(token: string, self: Effect.Effect<A, E>) =>
@@ -281,38 +308,51 @@ export const makeBackend = (
       flush: (maxes: ReadonlyArray<number>) =>
         commands
           .evalPromise(Scripts.claim, keyList, [maxes.reduce((sum, max) => sum + max, 0), leaseMillis])
-          .then((reply) => {
-            const { leases, waitMillis } = parseClaim(reply)
-            let at = 0
-            return maxes.map((max): Claimed => {
-              const mine = leases.slice(at, at + max)
-              at += max
-              return { leases: mine, waitMillis }
-            })
-          })
+          .then((reply) => deal(parseClaim(reply, 5), maxes))
+    })
+    // Claims that also record their starts in the task records (see `recording`); the clock of
+    // the turn's first call stamps them all.
+    const recordPrefix = Records.recordPrefix(queueName)
+    const recordingClaimBatch = commands.batched(`${Scripts.claim.name} (recording starts)`, {
+      max: maxBatch,
+      flush: (calls: ReadonlyArray<readonly [max: number, now: number]>) => {
+        const maxes = calls.map(([max]) => max)
+        return commands
+          .evalPromise(Scripts.claim, keyList, [
+            maxes.reduce((sum, max) => sum + max, 0),
+            leaseMillis,
+            recordPrefix,
+            calls[0]![1]
+          ])
+          .then((reply) => deal(parseClaim(reply, 6), maxes))
+      }
     })
 
-    const claimOnce = (max: number) =>
+    const claimOnce = (claimed: Effect.Effect<Claimed, QueueError>) =>
       Effect.uninterruptibleMask((restore) =>
-        Effect.flatMap(claimBatch(max), (claimed) => {
+        Effect.flatMap(claimed, (claimed) => {
           if (claimed.leases.length === 0) return Effect.succeed(claimed)
           return restore(Effect.succeed(claimed)).pipe(Effect.onInterrupt(() => release(claimed.leases)))
         })
       )
 
     /** Leases handed to their caller: where each came from is kept for `release`. */
-    const held = (leases: Claimed["leases"]): ReadonlyArray<RawLease> => {
+    const held = (leases: Claimed["leases"]): ReadonlyArray<ClaimedLease> => {
       for (const lease of leases) positions.set(lease.token, lease.score)
       return leases
     }
 
-    const claim = (max: number, timeout: Duration.Duration) =>
-      Effect.withFiberRuntime<ReadonlyArray<RawLease>, QueueError>((fiber) => {
+    /** Claims with `once` until it gets leases or `timeout` passes, waiting for a marker in between. */
+    const claimWith = (
+      once: (now: number) => Effect.Effect<Claimed, QueueError>,
+      timeout: Duration.Duration
+    ) =>
+      Effect.withFiberRuntime<ReadonlyArray<ClaimedLease>, QueueError>((fiber) => {
         const clock = Context.get(fiber.currentDefaultServices, Clock.Clock)
         const deadline = clock.unsafeCurrentTimeMillis() + Duration.toMillis(timeout)
-        const attempt = (): Effect.Effect<ReadonlyArray<RawLease>, QueueError> => {
+        const attempt = (): Effect.Effect<ReadonlyArray<ClaimedLease>, QueueError> => {
           const gen = current
-          return Effect.flatMap(claimOnce(max), (claimed) => {
+          return Effect.flatMap(claimOnce(once(clock.unsafeCurrentTimeMillis())), (claimed) => {
             if (claimed.leases.length > 0) return Effect.succeed(held(claimed.leases))
             const remaining = deadline - clock.unsafeCurrentTimeMillis()
             if (remaining <= 0) return Effect.succeed([])
@@ -324,6 +364,48 @@ export const makeBackend = (
         }
         return attempt()
       })
+
+    const claim = (max: number, timeout: Duration.Duration) => claimWith(() => claimBatch(max), timeout)
+
+    /**
+     * Claims and settlements that write the task records too, when `records` are this queue's own
+     * (a Redis task store on the same server, database and queue name).
+     */
+    const recording = (records: SharedRecords): RawRecording | undefined =>
+      records.location !== Records.location(commands, queueName)
+        ? undefined
+        : {
+            claim: (max, timeout) =>
+              Effect.flatMap(
+                claimWith((now) => recordingClaimBatch([max, now]), timeout),
+                (leases) =>
+                  Effect.forEach(leases, (lease) =>
+                    Effect.map(Records.startResult(lease.id, lease.start), (start) => ({ ...lease, start }))
+                  )
+              ),
+            settle: (endings, now) =>
+              Effect.ensuring(
+                Effect.map(
+                  evalScript(Scripts.settle, [
+                    recordPrefix,
+                    now,
+                    records.retentionMillis,
+                    ...endings.flatMap((ending) =>
+                      ending.status === "COMPLETED"
+                        ? [ending.id, ending.token, ending.status, ending.result]
+                        : [ending.id, ending.token, ending.status, ending.error]
+                    )
+                  ]),
+                  (reply) =>
+                    (reply as ReadonlyArray<number>).map((r) =>
+                      r === 1 ? "settled" : r === 0 ? "discarded" : "expired"
+                    )
+                ),
+                Effect.sync(() => {
+                  for (const { token } of endings) positions.delete(token)
+                })
+              )
+          }
 
     const withLease = (script: Connection.Script, id: string, args: ReadonlyArray<string | number>) =>
       Effect.flatMap(evalScript(script, args), (held) => (held === 1 ? Effect.void : Effect.fail(lost(id))))
@@ -359,6 +441,7 @@ export const makeBackend = (
       kind: "redis",
       offer,
       claim,
+      recording,
       ack: (id, token) =>
         Effect.flatMap(ackBatch([id, token]), (acked) => (acked === 1 ? Effect.void : Effect.fail(lost(id)))),
       ackMany: (leases) =>

@@ -176,6 +176,7 @@ export const make = (
     const key = (taskId: string) => recordKey(queueName, taskId)
 
     return {
+      shared: { location: Records.location(connection, queueName), retentionMillis },
       create: (taskId, priority) =>
         Effect.gen(function* () {
           const now = yield* Clock.currentTimeMillis

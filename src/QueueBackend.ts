@@ -7,6 +7,7 @@
  */
 import type { Duration, Effect } from "effect"
 import type { LeaseLost, QueueError } from "./Errors.js"
+import type { SharedRecords, StartResult } from "./TaskStore.js"
 
 /** A task ready to be offered: its id, priority (already validated) and encoded body. */
 export interface RawTask {
@@ -21,6 +22,39 @@ export interface RawLease {
   readonly body: string
   readonly attempt: number
   readonly token: string
+}
+
+/** A claimed task whose start the backend recorded in a task store's records (see {@link RawRecording}). */
+export interface RawStartedLease extends RawLease {
+  /** What `TaskStore.startMany` would have answered for it. */
+  readonly start: StartResult
+}
+
+/** A lease's end for {@link RawRecording.settle}: COMPLETED (acked, `result` as JSON) or FAILED (dead-lettered). */
+export type RawEnding =
+  | { readonly id: string; readonly token: string; readonly status: "COMPLETED"; readonly result: string }
+  | { readonly id: string; readonly token: string; readonly status: "FAILED"; readonly error: string }
+
+/**
+ * Claims and settlements that also write a task store's records, for a store the backend shares
+ * a server with (see `SharedRecords`). `now` (epoch ms, the caller's clock) stamps the records.
+ */
+export interface RawRecording {
+  /** `claim`, each lease's start recorded as `TaskStore.startMany` records it. */
+  readonly claim: (
+    max: number,
+    timeout: Duration.Duration,
+    now: number
+  ) => Effect.Effect<ReadonlyArray<RawStartedLease>, QueueError>
+  /**
+   * Per ending: its outcome recorded as `TaskStore.finishMany` records it (fenced by the token;
+   * `discarded` when it no longer holds the record), then the lease acked (COMPLETED) or
+   * dead-lettered with the error (FAILED): `settled`, or `expired` when the lease no longer held.
+   */
+  readonly settle: (
+    endings: ReadonlyArray<RawEnding>,
+    now: number
+  ) => Effect.Effect<ReadonlyArray<"settled" | "discarded" | "expired">, QueueError>
 }
 
 /** A lease to ack: the task's id and the holder's token. */
@@ -83,6 +117,8 @@ export interface QueueBackend {
   readonly ackMany?:
     | ((leases: ReadonlyArray<RawAck>) => Effect.Effect<ReadonlyArray<boolean>, QueueError>)
     | undefined
+  /** Claims and settlements that also write `records`, when this backend can write them; optional. */
+  readonly recording?: ((records: SharedRecords) => RawRecording | undefined) | undefined
   readonly nack: (id: string, token: string, options: RawNack) => Effect.Effect<void, QueueError | LeaseLost>
   /**
    * Gives back a task its holder never ran: back to pending, this attempt not counted (Redis and

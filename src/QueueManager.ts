@@ -23,11 +23,12 @@ import {
   Tracer
 } from "effect"
 import { InvalidTask, type LeaseLost, QueueError } from "./Errors.js"
-import type { QueueBackend, QueueStats, RawAck, RawLease, RawTask } from "./QueueBackend.js"
+import type { QueueBackend, QueueStats, RawAck, RawLease, RawStartedLease, RawTask } from "./QueueBackend.js"
 import {
   defaultPriority,
   isJsonValue,
   isTaskId,
+  type JsonValue,
   maxDataBytes,
   maxPriority,
   minPriority,
@@ -37,6 +38,7 @@ import {
   unsafeTaskMessage,
   WireBody
 } from "./Task.js"
+import type { SharedRecords, StartResult } from "./TaskStore.js"
 
 /** How a holder gives a task back: requeue (optionally after a delay) or dead-letter with a reason. */
 export interface NackOptions {
@@ -108,6 +110,48 @@ export const defaults = {
   leaseDuration: Duration.seconds(30)
 } as const
 
+/** A delivery whose start the queue recorded with its claim (see {@link RecordingQueue}). */
+export interface StartedDelivery {
+  readonly delivery: Delivery
+  /** What `TaskStore.startMany` would have answered for it. */
+  readonly start: StartResult
+}
+
+/** How a delivery ends, for {@link RecordingQueue.settleAll}: completed (acked) or failed for good (dead-lettered). */
+export interface Ending {
+  readonly delivery: Delivery
+  readonly outcome:
+    | { readonly status: "COMPLETED"; readonly result: JsonValue }
+    | { readonly status: "FAILED"; readonly error: string }
+}
+
+/**
+ * How {@link RecordingQueue.settleAll} ended for one delivery. `settled`: the outcome is recorded
+ * and the message acked (or dead-lettered). `discarded`: another delivery of the task has started
+ * since; nothing changed. `expired`: the outcome is recorded but the lease had expired; the
+ * message comes back and its next delivery is settled as recorded without running.
+ */
+export type Settled = "settled" | "discarded" | "expired"
+
+/**
+ * The queue's claims and settlements with a task store's writes folded into the same calls: one
+ * call where a worker otherwise makes two (a claim, then `TaskStore.startMany`; `TaskStore.finishMany`,
+ * then `ackAll`). From {@link QueueManagerService.recording}, for a store whose records the
+ * backend can write: the Redis queue, for the Redis store on the same server and queue name.
+ */
+export interface RecordingQueue {
+  /** `pullBatch`, each delivery's start recorded as `TaskStore.startMany` records it. */
+  readonly pullBatch: (
+    max: number,
+    timeout?: Duration.DurationInput
+  ) => Effect.Effect<ReadonlyArray<StartedDelivery>, QueueError>
+  /**
+   * Records each ending as `TaskStore.finishMany` does (fenced by the delivery's token), then acks
+   * (COMPLETED) or dead-letters (FAILED) the messages of those recorded; one answer each, in order.
+   */
+  readonly settleAll: (endings: ReadonlyArray<Ending>) => Effect.Effect<ReadonlyArray<Settled>, QueueError>
+}
+
 /** The operations of a queue. */
 export interface QueueManagerService {
   readonly queueName: string
@@ -134,6 +178,12 @@ export interface QueueManagerService {
    * order: `true` when acked, `false` when the lease no longer held (where `ack` fails with `LeaseLost`).
    */
   readonly ackAll: (deliveries: ReadonlyArray<Delivery>) => Effect.Effect<ReadonlyArray<boolean>, QueueError>
+  /**
+   * The claims and settlements of this queue that also write the records of `records` (a
+   * `TaskStore`'s {@link SharedRecords}), or `undefined` when the backend cannot write them: a
+   * worker uses it when it can, and makes the store's calls itself otherwise. Optional.
+   */
+  readonly recording?: ((records: SharedRecords) => RecordingQueue | undefined) | undefined
   /** Tasks waiting to run: pending plus delayed. */
   readonly length: Effect.Effect<number, QueueError>
   /** Removes the waiting (pending and delayed) tasks; returns how many. In-flight and dead ones stay. */
@@ -392,36 +442,57 @@ export const make = (options: {
   }
 
   /** A body no backend should hold: dead-letter it with the reason and keep serving. */
-  const deadLetterMalformed = (lease: RawLease, reason: string) =>
-    Effect.zipRight(
-      Effect.logWarning("dead-lettering a malformed message").pipe(
-        Effect.annotateLogs({ taskId: lease.id, reason })
-      ),
+  /** How a claim takes leases and makes deliveries of them: plainly, or recording their starts. */
+  interface Claimer<L extends RawLease, D> {
+    readonly take: (
+      max: number,
+      timeout: Duration.Duration,
+      now: number
+    ) => Effect.Effect<ReadonlyArray<L>, QueueError>
+    readonly deliver: (lease: L, message: TaskMessage) => D
+    /** Dead-letters a lease whose body is malformed. */
+    readonly reject: (lease: L, reason: string, now: number) => Effect.Effect<void, QueueError>
+  }
+
+  const plain: Claimer<RawLease, Delivery> = {
+    take: (max, timeout) => backend.claim(max, timeout),
+    deliver: (lease, message) => new LeasedDelivery(message, lease, settle),
+    reject: (lease, reason) =>
       backend
         .nack(lease.id, lease.token, { requeue: false, delayMillis: 0, error: reason })
         .pipe(Effect.catchTag("LeaseLost", () => Effect.void))
-    )
+  }
 
   /**
    * Claims up to `max` tasks by `deadline`, again while every claimed body was malformed, and
    * answers `finish` of the deliveries.
    */
-  const claim = <A>(
+  const claim = <L extends RawLease, D, A>(
+    claimer: Claimer<L, D>,
     max: number,
     deadline: number,
     now: number,
-    finish: (deliveries: Array<Delivery>) => A
+    finish: (deliveries: Array<D>) => A
   ): Effect.Effect<A, QueueError> => {
     const remaining = Math.max(0, deadline - now)
     return Effect.flatMap(
-      backend.claim(max, Duration.millis(remaining)),
+      claimer.take(max, Duration.millis(remaining), now),
       (leases): Effect.Effect<A, QueueError> => {
-        const out: Array<Delivery> = []
+        const out: Array<D> = []
         const malformed: Array<Effect.Effect<void, QueueError>> = []
         for (const lease of leases) {
           const message = decodeLease(lease)
-          if (Either.isRight(message)) out.push(new LeasedDelivery(message.right, lease, settle))
-          else malformed.push(deadLetterMalformed(lease, message.left))
+          if (Either.isRight(message)) out.push(claimer.deliver(lease, message.right))
+          else {
+            malformed.push(
+              Effect.zipRight(
+                Effect.logWarning("dead-lettering a malformed message").pipe(
+                  Effect.annotateLogs({ taskId: lease.id, reason: message.left })
+                ),
+                claimer.reject(lease, message.left, now)
+              )
+            )
+          }
         }
         if (malformed.length === 0) return Effect.succeed(finish(out))
         return Effect.zipRight(
@@ -429,7 +500,7 @@ export const make = (options: {
           out.length > 0 || remaining === 0
             ? Effect.succeed(finish(out))
             : Effect.withFiberRuntime<A, QueueError>((fiber) =>
-                claim(max, deadline, clockMillis(fiber), finish)
+                claim(claimer, max, deadline, clockMillis(fiber), finish)
               )
         )
       }
@@ -448,14 +519,61 @@ export const make = (options: {
     return lastTimeoutMillis
   }
 
-  const claimFor = <A>(
+  const claimFor = <L extends RawLease, D, A>(
+    claimer: Claimer<L, D>,
     max: number,
     timeout: Duration.DurationInput,
     fiber: Fiber.RuntimeFiber<unknown, unknown>,
-    finish: (deliveries: Array<Delivery>) => A
+    finish: (deliveries: Array<D>) => A
   ) => {
     const now = clockMillis(fiber)
-    return claim(Math.max(1, Math.floor(max)), now + timeoutMillis(timeout), now, finish)
+    return claim(claimer, Math.max(1, Math.floor(max)), now + timeoutMillis(timeout), now, finish)
+  }
+
+  /** The queue's claims and settlements with the records of `records` written by the same calls, where the backend can. */
+  const recording = (records: SharedRecords): RecordingQueue | undefined => {
+    const raw = backend.recording?.(records)
+    if (raw === undefined) return undefined
+    const recorder: Claimer<RawStartedLease, StartedDelivery> = {
+      take: raw.claim,
+      deliver: (lease, message) => ({
+        delivery: new LeasedDelivery(message, lease, settle),
+        start: lease.start
+      }),
+      reject: (lease, reason, now) =>
+        Effect.asVoid(
+          raw.settle([{ id: lease.id, token: lease.token, status: "FAILED", error: reason }], now)
+        )
+    }
+    return {
+      pullBatch: (max, timeout = defaultTimeout) =>
+        operation("QueueManager.pullBatch", undefined, (fiber) =>
+          claimFor(recorder, max, timeout, fiber, identity)
+        ),
+      settleAll: (endings) =>
+        endings.length === 0
+          ? Effect.succeed([])
+          : operation("QueueManager.settleAll", undefined, (fiber) =>
+              raw.settle(
+                endings.map(({ delivery, outcome }) =>
+                  outcome.status === "COMPLETED"
+                    ? {
+                        id: delivery.message.taskId,
+                        token: delivery.token,
+                        status: "COMPLETED",
+                        result: JSON.stringify(outcome.result)
+                      }
+                    : {
+                        id: delivery.message.taskId,
+                        token: delivery.token,
+                        status: "FAILED",
+                        error: outcome.error
+                      }
+                ),
+                clockMillis(fiber)
+              )
+            )
+    }
   }
 
   return {
@@ -468,9 +586,12 @@ export const make = (options: {
     pushBatch: (tasks) =>
       operation("QueueManager.pushBatch", undefined, (fiber) => offer(tasks, clockMillis(fiber))),
     pull: (timeout = defaultTimeout) =>
-      operation("QueueManager.pull", undefined, (fiber) => claimFor(1, timeout, fiber, firstDelivery)),
+      operation("QueueManager.pull", undefined, (fiber) => claimFor(plain, 1, timeout, fiber, firstDelivery)),
     pullBatch: (max, timeout = defaultTimeout) =>
-      operation("QueueManager.pullBatch", undefined, (fiber) => claimFor(max, timeout, fiber, identity)),
+      operation("QueueManager.pullBatch", undefined, (fiber) =>
+        claimFor(plain, max, timeout, fiber, identity)
+      ),
+    recording,
     ackAll: (deliveries) =>
       deliveries.length === 0
         ? Effect.succeed([])

@@ -53,8 +53,22 @@ export interface FinishInfo {
   readonly outcome: Outcome
 }
 
+/**
+ * A store's records as a queue backend on the same server can write them inside its own claims
+ * and acks (the Redis queue and the Redis store on one Redis and queue name): the worker then
+ * records a start with its claim and an outcome with its ack, one call each instead of two.
+ */
+export interface SharedRecords {
+  /** The server, database and queue name of the records (no credentials): equal values, same records. */
+  readonly location: string
+  /** How long finished records are kept, in milliseconds. */
+  readonly retentionMillis: number
+}
+
 /** The operations of a task store. */
 export interface TaskStoreService {
+  /** Set when a queue backend can write this store's records in its own calls (see {@link SharedRecords}). */
+  readonly shared?: SharedRecords | undefined
   /** Records a new task as PENDING; fails with `DuplicateTask` when the id is known. */
   readonly create: (taskId: string, priority: number) => Effect.Effect<TaskRecord, DuplicateTask | QueueError>
   /** The record of a task, if known (finished records vanish after the retention). */

@@ -58,7 +58,7 @@ import {
 } from "./Pipeline.js"
 import { type Delivery, QueueManager, type QueueManagerService } from "./QueueManager.js"
 import type { JsonValue, TaskMessage, TaskRecord } from "./Task.js"
-import { type Outcome, TaskStore, type TaskStoreService } from "./TaskStore.js"
+import { type Outcome, type StartResult, TaskStore, type TaskStoreService } from "./TaskStore.js"
 import * as WorkerMetrics from "./WorkerMetrics.js"
 
 /**
@@ -175,6 +175,16 @@ interface Completion {
   readonly durationMillis: number
 }
 
+/** How a batch of completed runs was settled: one answer each, in order. */
+interface BatchSettled {
+  /** The run's outcome is recorded as the task's (else another delivery has started since). */
+  readonly recorded: ReadonlyArray<boolean>
+  /** Its message is acked (else its lease expired first, or the acks failed). */
+  readonly acked: ReadonlyArray<boolean>
+  /** Why the acks failed: the outcomes are recorded, and the messages come back when their leases expire. */
+  readonly ackError?: QueueError | undefined
+}
+
 /** The most completed runs recorded and acked in one call each. */
 const maxSettleBatch = 256
 
@@ -279,6 +289,8 @@ const startWorker = (
       }
     })
 
+    // Starts and outcomes go with the claims and acks when the queue can write the store's records.
+    const recording = store.shared === undefined ? undefined : queue.recording?.(store.shared)
     const tasks = yield* FiberSet.make<void, never>()
     const clock = yield* Effect.clock
     // A span per run only when a tracer that exports spans is installed: Effect's default tracer
@@ -407,10 +419,32 @@ const startWorker = (
         attempt: completion.delivery.message.attempt
       })
 
-    /** Records a batch of completed runs, then acks those recorded; never fails. */
-    const settleCompletions = (batch: ReadonlyArray<Completion>) =>
-      Effect.gen(function* () {
-        const recorded = yield* Effect.either(
+    /**
+     * How each completed run of a batch was settled: `recorded` (its outcome is the task's) and
+     * `acked` (its message is gone), one each, in order; `undefined` when nothing could be
+     * recorded. With `recording`, one call does both; else `finishMany`, then `ackAll` of those recorded.
+     */
+    const recordAndAck = (batch: ReadonlyArray<Completion>): Effect.Effect<BatchSettled | undefined> => {
+      if (recording !== undefined) {
+        return Effect.map(
+          Effect.either(
+            retryQueueError(
+              recording.settleAll(
+                batch.map(({ delivery, result }) => ({ delivery, outcome: { status: "COMPLETED", result } }))
+              )
+            )
+          ),
+          (settled) =>
+            Either.isLeft(settled)
+              ? undefined
+              : {
+                  recorded: settled.right.map((end) => end !== "discarded"),
+                  acked: settled.right.map((end) => end === "settled")
+                }
+        )
+      }
+      return Effect.flatMap(
+        Effect.either(
           retryQueueError(
             store.finishMany(
               batch.map(({ delivery, result }) => ({
@@ -420,8 +454,30 @@ const startWorker = (
               }))
             )
           )
-        )
-        if (Either.isLeft(recorded)) {
+        ),
+        (finished) => {
+          if (Either.isLeft(finished)) return Effect.succeed(undefined)
+          const recorded = finished.right
+          const toAck = batch.filter((_, i) => recorded[i])
+          if (toAck.length === 0) return Effect.succeed({ recorded, acked: recorded })
+          return Effect.map(
+            Effect.either(retryQueueError(queue.ackAll(toAck.map((c) => c.delivery)))),
+            (acks): BatchSettled => {
+              if (Either.isLeft(acks))
+                return { recorded, acked: recorded.map(() => false), ackError: acks.left }
+              let next = 0
+              return { recorded, acked: recorded.map((was) => was && acks.right[next++]!) }
+            }
+          )
+        }
+      )
+    }
+
+    /** Records a batch of completed runs, then acks those recorded; never fails. */
+    const settleCompletions = (batch: ReadonlyArray<Completion>) =>
+      Effect.gen(function* () {
+        const settled = yield* recordAndAck(batch)
+        if (settled === undefined) {
           return yield* Effect.forEach(
             batch,
             (completion) =>
@@ -431,20 +487,18 @@ const startWorker = (
         }
         const recordedOnes: Array<Completion> = []
         for (let i = 0; i < batch.length; i++) {
-          if (recorded.right[i]) recordedOnes.push(batch[i]!)
-          else yield* logFor(batch[i]!, discard())
+          if (!settled.recorded[i]) yield* logFor(batch[i]!, discard())
+          else {
+            recordedOnes.push(batch[i]!)
+            if (!settled.acked[i] && settled.ackError === undefined)
+              yield* logFor(batch[i]!, leaseExpiredWarning)
+          }
         }
-        if (recordedOnes.length === 0) return
-        const acked = yield* Effect.either(retryQueueError(queue.ackAll(recordedOnes.map((c) => c.delivery))))
-        if (Either.isLeft(acked)) {
+        if (settled.ackError !== undefined) {
           yield* Effect.logError(
             `could not settle ${recordedOnes.length} message(s): they come back when their leases expire, and are then settled as recorded`,
-            acked.left
+            settled.ackError
           )
-        } else {
-          for (let i = 0; i < recordedOnes.length; i++) {
-            if (!acked.right[i]) yield* logFor(recordedOnes[i]!, leaseExpiredWarning)
-          }
         }
         completed.unsafeUpdate(recordedOnes.length, [])
         if (infoEnabled) {
@@ -684,19 +738,21 @@ const startWorker = (
      * every earlier holder dead (a task that keeps killing its workers is not handed to another one
      * forever). A batch whose start cannot be recorded is given back.
      */
-    const startAll = (batch: ReadonlyArray<Delivery>) => {
+    const startAll = (batch: ReadonlyArray<Delivery>, starts: ReadonlyArray<StartResult> | undefined) => {
       let dispatched = 0
       return Effect.flatMap(
-        Effect.either(
-          retryQueueError(
-            store.startMany(
-              batch.map(({ message, token }) => ({
-                taskId: message.taskId,
-                lease: { token, attempt: message.attempt, priority: message.priority }
-              }))
-            )
-          )
-        ),
+        starts !== undefined
+          ? Effect.succeed(Either.right(starts))
+          : Effect.either(
+              retryQueueError(
+                store.startMany(
+                  batch.map(({ message, token }) => ({
+                    taskId: message.taskId,
+                    lease: { token, attempt: message.attempt, priority: message.priority }
+                  }))
+                )
+              )
+            ),
         (begun) => {
           dispatched = batch.length
           if (Either.isLeft(begun)) {
@@ -767,6 +823,23 @@ const startWorker = (
 
     for (let i = 0; i < concurrency; i++) fork(slot)
 
+    /** Claims up to `max` deliveries; with `recording`, the same call records their starts. */
+    const claim = (
+      max: number
+    ): Effect.Effect<
+      {
+        readonly deliveries: ReadonlyArray<Delivery>
+        readonly starts?: ReadonlyArray<StartResult> | undefined
+      },
+      QueueError
+    > =>
+      recording === undefined
+        ? Effect.map(queue.pullBatch(max, pullTimeout), (deliveries) => ({ deliveries }))
+        : Effect.map(recording.pullBatch(max, pullTimeout), (claimed) => ({
+            deliveries: claimed.map((c) => c.delivery),
+            starts: claimed.map((c) => c.start)
+          }))
+
     const pullLoop = Effect.gen(function* () {
       const outage = yield* Schedule.driver(outageBackoff)
       for (;;) {
@@ -785,13 +858,13 @@ const startWorker = (
         outstanding += want
         held += want
         const exit = yield* Effect.uninterruptibleMask((restore) =>
-          Effect.tap(Effect.exit(restore(queue.pullBatch(want, pullTimeout))), (exit) => {
-            const got = Exit.isSuccess(exit) ? exit.value.length : 0
+          Effect.tap(Effect.exit(restore(claim(want))), (exit) => {
+            const got = Exit.isSuccess(exit) ? exit.value.deliveries.length : 0
             outstanding -= want - got
             held -= want - got
             if (Exit.isSuccess(exit) && got > 0) {
-              for (const delivery of exit.value) leased.add(delivery)
-              fork(startAll(exit.value))
+              for (const delivery of exit.value.deliveries) leased.add(delivery)
+              fork(startAll(exit.value.deliveries, exit.value.starts))
             }
           })
         )

@@ -9,16 +9,23 @@
  *
  * @since 0.1.0
  */
-import { Effect, Either, ParseResult, Schema } from "effect"
+import { Either, ParseResult, Schema } from "effect"
 import { QueueError } from "../../src/Errors.js"
 import { TaskData, TaskRecord, TaskStatus } from "../../src/Task.js"
 import { type StartResult, started } from "../../src/TaskStore.js"
+import type { Connection } from "./Connection.js"
 
 /** The key prefix of a queue's records: `{<queueName>}:task:`. */
 export const recordPrefix = (queueName: string): string => `{${queueName}}:task:`
 
 /** The key of a task's record: `{<queueName>}:task:<taskId>`. */
 export const recordKey = (queueName: string, taskId: string): string => `${recordPrefix(queueName)}${taskId}`
+
+/** Where a queue's records live: the connection's server and database, and the queue name (no credentials). */
+export const location = (connection: Connection, queueName: string): string => {
+  const { db, host, path, port } = connection.client.options
+  return `redis ${path ?? `${host}:${port}`}/${db ?? 0} ${queueName}`
+}
 
 /**
  * Lua functions for a script that writes records (the key is built from a prefix passed in, so
@@ -94,18 +101,17 @@ export const pairs = (flat: ReadonlyArray<string>): Record<string, string> => {
 export const decoded = (
   taskId: string,
   fields: Record<string, string>
-): Effect.Effect<TaskRecord, QueueError> =>
-  Either.match(toRecord(taskId, fields), {
-    onLeft: (reason) =>
-      Effect.fail(new QueueError({ message: `the record of task ${taskId} is malformed: ${reason}` })),
-    onRight: Effect.succeed
-  })
+): Either.Either<TaskRecord, QueueError> =>
+  Either.mapLeft(
+    toRecord(taskId, fields),
+    (reason) => new QueueError({ message: `the record of task ${taskId} is malformed: ${reason}` })
+  )
 
 /** What `startRecord` answered for one record: 1, or the fields of a finished record. */
-export const startResult = (taskId: string, reply: unknown): Effect.Effect<StartResult, QueueError> =>
+export const startResult = (taskId: string, reply: unknown): Either.Either<StartResult, QueueError> =>
   Array.isArray(reply)
-    ? Effect.map(decoded(taskId, pairs(reply as ReadonlyArray<string>)), (record) => ({
+    ? Either.map(decoded(taskId, pairs(reply as ReadonlyArray<string>)), (record) => ({
         _tag: "Finished",
         record
       }))
-    : Effect.succeed(started)
+    : Either.right(started)

@@ -9,6 +9,7 @@
  * @since 0.1.0
  */
 import { script as named, type Script } from "./Connection.js"
+import { recordFunctions } from "./records.js"
 
 /** The keys of one queue, in the order every script receives them as `KEYS`. */
 export const keyNames = [
@@ -164,13 +165,16 @@ return out
 )
 
 /**
- * ARGV: `max, leaseMillis`. Reaps, promotes, then leases up to `max` pending tasks. Returns
- * `{ waitMillis, id, body, attempt, token, score, ... }`; `waitMillis` is only set (>= 0) when
- * nothing was claimed: how long until the next lease deadline or delay may be due (-1: none).
+ * ARGV: `max, leaseMillis[, recordPrefix, now]`. Reaps, promotes, then leases up to `max` pending
+ * tasks. Returns `{ waitMillis, id, body, attempt, token, score[, start], ... }`; `waitMillis` is
+ * only set (>= 0) when nothing was claimed: how long until the next lease deadline or delay may
+ * be due (-1: none). With a record prefix, each lease's start is recorded in the task record
+ * `<recordPrefix><id>` (stamped `now`) and `start` is what `startRecord` answered.
  */
 export const claim = script(
   "claim",
-  `
+  `${recordFunctions}
+local recordPrefix = ARGV[3]
 maintain()
 local popped = redis.call('ZPOPMIN', pending, tonumber(ARGV[1]))
 local out = { -1 }
@@ -198,6 +202,9 @@ for k = 1, n do
   out[#out + 1] = math.floor(state / 16)
   out[#out + 1] = token
   out[#out + 1] = popped[2 * k]
+  if recordPrefix then
+    out[#out + 1] = startRecord(recordPrefix .. id, token, math.floor(state / 16), state % 16, ARGV[4])
+  end
 end
 redis.call('ZADD', inflight, unpack(leased))
 redis.call('HSET', task, unpack(fields))
@@ -250,6 +257,49 @@ for i = 1, #ARGV, 2 do
     out[#out + 1] = 1
   else
     out[#out + 1] = 0
+  end
+end
+if #done > 0 then
+  redis.call('ZREM', inflight, unpack(done))
+  redis.call('HDEL', task, unpack(fields))
+end
+return out
+`
+)
+
+/**
+ * ARGV: `recordPrefix, now, retentionMillis`, then `id, token, status ("COMPLETED" | "FAILED"),
+ * value (result JSON | error)` per lease. Per lease: the outcome recorded in `<recordPrefix><id>`
+ * when the token still holds the record, then the lease acked (COMPLETED) or dead-lettered with
+ * the error (FAILED). Returns 1 (settled), 0 (the record has another token: nothing changed) or
+ * 2 (recorded, but the lease no longer held) per lease.
+ */
+export const settle = script(
+  "settle",
+  `${recordFunctions}
+maintain()
+local recordPrefix, recordNow, retention = ARGV[1], ARGV[2], ARGV[3]
+local out = {}
+local done, fields = {}, {}
+for i = 4, #ARGV, 4 do
+  local id, token, status, value = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local field = status == 'COMPLETED' and 'result' or 'error'
+  if finishRecord(recordPrefix .. id, token, status, field, value, recordNow, retention) == 0 then
+    out[#out + 1] = 0
+  elseif not holds(id, token) then
+    out[#out + 1] = 2
+  else
+    if status == 'COMPLETED' then
+      done[#done + 1] = id
+      fields[#fields + 1] = 'b:' .. id
+      fields[#fields + 1] = 's:' .. id
+      fields[#fields + 1] = 'l:' .. id
+    else
+      unlease(id)
+      redis.call('ZADD', dead, nowMicros, id)
+      redis.call('HSET', errors, id, value)
+    end
+    out[#out + 1] = 1
   end
 end
 if #done > 0 then
@@ -380,6 +430,7 @@ export const all: ReadonlyArray<Script> = [
   claim,
   release,
   ack,
+  settle,
   nack,
   extend,
   stats,
