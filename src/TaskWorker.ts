@@ -112,7 +112,7 @@ const nativeTracer = Context.get(DefaultServices.liveServices, Tracer.Tracer)
 export const prefetchHorizon = 100
 
 /** The deepest adaptive prefetch. */
-export const maxAdaptivePrefetch = 16
+export const maxAdaptivePrefetch = 64
 
 /** The default backoff: 1 s after the first failed attempt, doubling, capped at 1 minute. */
 export const defaultBackoff: Schedule.Schedule<Duration.Duration> = Schedule.delays(
