@@ -4,7 +4,7 @@
  */
 import { describe, expect, it } from "@effect/vitest"
 import { Duration, Effect, Layer, Option, Schema, type Scope } from "effect"
-import { Redis } from "ioredis"
+import type { Redis } from "ioredis"
 import * as RedisQueue from "../layers/RedisQueue.js"
 import * as RedisTaskStore from "../layers/RedisTaskStore.js"
 import * as Pipeline from "../src/Pipeline.js"
@@ -12,23 +12,7 @@ import * as QM from "../src/QueueManager.js"
 import { TaskStore, type TaskStoreService } from "../src/TaskStore.js"
 import { TaskWorker } from "../src/TaskWorker.js"
 import { uniqueQueueName } from "./conformance.js"
-import { describeWithServer, redisUrl } from "./services.js"
-
-/** A plain connection for looking at what was written. */
-const raw = Effect.acquireRelease(
-  Effect.sync(() => new Redis(redisUrl, { lazyConnect: false, maxRetriesPerRequest: 1 })),
-  (client) => Effect.promise(() => client.quit())
-)
-
-const cleanup = (queueName: string) =>
-  Effect.scoped(
-    Effect.flatMap(raw, (client) =>
-      Effect.promise(async () => {
-        const keys = await client.keys(`{${queueName}}:*`)
-        if (keys.length > 0) await client.del(...keys)
-      })
-    )
-  )
+import { deleteRedisKeys, describeWithServer, rawRedis, redisUrl } from "./services.js"
 
 /** A Redis queue and a Redis store on one queue name, and the queue's recording for that store. */
 const withBoth = <A, E>(
@@ -47,9 +31,9 @@ const withBoth = <A, E>(
       const store = yield* RedisTaskStore.make({ queueName, redisUrl, retention: "2 hours" })
       const recording = queue.recording?.(store.shared!)
       expect(recording).toBeDefined()
-      return yield* f(recording!, queue, store, yield* raw)
+      return yield* f(recording!, queue, store, yield* rawRedis)
     })
-  ).pipe(Effect.ensuring(Effect.orDie(cleanup(queueName))))
+  ).pipe(Effect.ensuring(Effect.orDie(deleteRedisKeys(queueName))))
 }
 
 const recordOf = (store: TaskStoreService, taskId: string) => Effect.map(store.get(taskId), Option.getOrThrow)
@@ -249,7 +233,7 @@ await describeWithServer("Redis", redisUrl, "Redis queue recording the Redis sto
             )
           )
         ),
-        Effect.ensuring(Effect.orDie(cleanup(queueName)))
+        Effect.ensuring(Effect.orDie(deleteRedisKeys(queueName)))
       )
     }
 

@@ -4,28 +4,12 @@
  */
 import { describe, expect, it } from "@effect/vitest"
 import { Duration, Effect, Either, Option, type Scope } from "effect"
-import { Redis } from "ioredis"
+import type { Redis } from "ioredis"
 import * as RedisTaskStore from "../layers/RedisTaskStore.js"
 import { TaskStore } from "../src/TaskStore.js"
 import { uniqueQueueName } from "./conformance.js"
-import { describeWithServer, redisUrl } from "./services.js"
+import { deleteRedisKeys, describeWithServer, rawRedis, redisUrl } from "./services.js"
 import { taskStoreConformance } from "./taskStoreConformance.js"
-
-/** A plain connection for looking at what the store wrote. */
-const raw = Effect.acquireRelease(
-  Effect.sync(() => new Redis(redisUrl, { lazyConnect: false, maxRetriesPerRequest: 1 })),
-  (client) => Effect.promise(() => client.quit())
-)
-
-const cleanup = (queueName: string) =>
-  Effect.scoped(
-    Effect.flatMap(raw, (client) =>
-      Effect.promise(async () => {
-        const keys = await client.keys(`{${queueName}}:*`)
-        if (keys.length > 0) await client.del(...keys)
-      })
-    )
-  )
 
 await describeWithServer("Redis", redisUrl, "RedisTaskStore", () => {
   taskStoreConformance({
@@ -33,7 +17,7 @@ await describeWithServer("Redis", redisUrl, "RedisTaskStore", () => {
     layer: (queueName, retention) => RedisTaskStore.layer({ queueName, redisUrl, retention }),
     live: true,
     elapse: (duration) => Effect.sleep(duration),
-    cleanup
+    cleanup: deleteRedisKeys
   })
 
   describe("on Redis", () => {
@@ -42,10 +26,10 @@ await describeWithServer("Redis", redisUrl, "RedisTaskStore", () => {
     ) => {
       const queueName = uniqueQueueName("redis-store")
       return Effect.scoped(
-        Effect.flatMap(raw, (client) => f(queueName, client)).pipe(
+        Effect.flatMap(rawRedis, (client) => f(queueName, client)).pipe(
           Effect.provide(RedisTaskStore.layer({ queueName, redisUrl, retention: "2 hours" }))
         )
-      ).pipe(Effect.ensuring(Effect.orDie(cleanup(queueName))))
+      ).pipe(Effect.ensuring(Effect.orDie(deleteRedisKeys(queueName))))
     }
 
     it.live(

@@ -4,6 +4,8 @@
  */
 import { connect } from "node:net"
 import { describe } from "@effect/vitest"
+import { Effect } from "effect"
+import { Redis } from "ioredis"
 
 /** Redis for the tests; `REDIS_URL` overrides. */
 export const redisUrl = process.env.REDIS_URL ?? "redis://127.0.0.1:6379"
@@ -40,3 +42,20 @@ export const describeWithServer = async (service: string, url: string, name: str
   console.warn(`\n!!! ${service} is not reachable at ${new URL(url).host}: skipping "${name}"\n`)
   return describe.skip(name, body)
 }
+
+/** A plain Redis connection for looking at what a test wrote, closed with the scope. */
+export const rawRedis = Effect.acquireRelease(
+  Effect.sync(() => new Redis(redisUrl, { lazyConnect: false, maxRetriesPerRequest: 1 })),
+  (client) => Effect.promise(() => client.quit())
+)
+
+/** Deletes every key of a queue (and its task records) on the test Redis. */
+export const deleteRedisKeys = (queueName: string) =>
+  Effect.scoped(
+    Effect.flatMap(rawRedis, (client) =>
+      Effect.promise(async () => {
+        const keys = await client.keys(`{${queueName}}:*`)
+        if (keys.length > 0) await client.del(...keys)
+      })
+    )
+  )
