@@ -441,7 +441,6 @@ export const make = (options: {
     return raw.length === 0 ? Effect.succeed([]) : backend.offer(raw)
   }
 
-  /** A body no backend should hold: dead-letter it with the reason and keep serving. */
   /** How a claim takes leases and makes deliveries of them: plainly, or recording their starts. */
   interface Claimer<L extends RawLease, D> {
     readonly take: (
@@ -450,7 +449,7 @@ export const make = (options: {
       now: number
     ) => Effect.Effect<ReadonlyArray<L>, QueueError>
     readonly deliver: (lease: L, message: TaskMessage) => D
-    /** Dead-letters a lease whose body is malformed. */
+    /** Dead-letters a lease whose body is malformed (no backend should hold one): the claim carries on. */
     readonly reject: (lease: L, reason: string, now: number) => Effect.Effect<void, QueueError>
   }
 
