@@ -111,6 +111,26 @@ local function unlease(id)
   redis.call('ZREM', inflight, id)
   redis.call('HDEL', task, 'l:' .. id)
 end
+
+-- An unleased task goes to the dead letters with its error.
+local function toDead(id, error)
+  redis.call('ZADD', dead, nowMicros, id)
+  redis.call('HSET', errors, id, error)
+end
+
+-- Held leases whose tasks are done, gathered by a script and removed together at its end.
+local acked = {}
+local function removeAcked()
+  if #acked == 0 then return end
+  local fields = {}
+  for _, id in ipairs(acked) do
+    fields[#fields + 1] = 'b:' .. id
+    fields[#fields + 1] = 's:' .. id
+    fields[#fields + 1] = 'l:' .. id
+  end
+  redis.call('ZREM', inflight, unpack(acked))
+  redis.call('HDEL', task, unpack(fields))
+end
 `
 
 const script = (name: string, body: string): Script => named(name, `${prelude}\n${body}`)
@@ -246,23 +266,16 @@ export const ack = script(
   `
 maintain()
 local out = {}
-local done, fields = {}, {}
 for i = 1, #ARGV, 2 do
   local id = ARGV[i]
   if holds(id, ARGV[i + 1]) then
-    done[#done + 1] = id
-    fields[#fields + 1] = 'b:' .. id
-    fields[#fields + 1] = 's:' .. id
-    fields[#fields + 1] = 'l:' .. id
+    acked[#acked + 1] = id
     out[#out + 1] = 1
   else
     out[#out + 1] = 0
   end
 end
-if #done > 0 then
-  redis.call('ZREM', inflight, unpack(done))
-  redis.call('HDEL', task, unpack(fields))
-end
+removeAcked()
 return out
 `
 )
@@ -280,7 +293,6 @@ export const settle = script(
 maintain()
 local recordPrefix, recordNow, retention = ARGV[1], ARGV[2], ARGV[3]
 local out = {}
-local done, fields = {}, {}
 for i = 4, #ARGV, 4 do
   local id, token, status, value = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local field = status == 'COMPLETED' and 'result' or 'error'
@@ -290,22 +302,15 @@ for i = 4, #ARGV, 4 do
     out[#out + 1] = 2
   else
     if status == 'COMPLETED' then
-      done[#done + 1] = id
-      fields[#fields + 1] = 'b:' .. id
-      fields[#fields + 1] = 's:' .. id
-      fields[#fields + 1] = 'l:' .. id
+      acked[#acked + 1] = id
     else
       unlease(id)
-      redis.call('ZADD', dead, nowMicros, id)
-      redis.call('HSET', errors, id, value)
+      toDead(id, value)
     end
     out[#out + 1] = 1
   end
 end
-if #done > 0 then
-  redis.call('ZREM', inflight, unpack(done))
-  redis.call('HDEL', task, unpack(fields))
-end
+removeAcked()
 return out
 `
 )
@@ -323,8 +328,7 @@ if not holds(id, ARGV[2]) then return 0 end
 unlease(id)
 local delay = tonumber(ARGV[4])
 if ARGV[3] == 'dead' then
-  redis.call('ZADD', dead, nowMicros, id)
-  redis.call('HSET', errors, id, ARGV[5])
+  toDead(id, ARGV[5])
 elseif delay > 0 then
   redis.call('ZADD', delayed, now + delay, id)
   dueBy(now + delay)
