@@ -195,45 +195,51 @@ export const makeBackend = (
     })
 
     // --- waking blocked pullers -------------------------------------------------------------
-    // A generation ends (its deferred completes) whenever a marker arrives. A puller takes the
-    // current generation before its claim, so a marker that lands during the claim still wakes
-    // it; the blocking fiber only waits for Redis while the current generation has waiters.
+    // A generation ends (its waiters wake) whenever a marker arrives. A puller takes the current
+    // generation before its claim, so a marker that lands during the claim still wakes it; the
+    // blocking fiber only waits for Redis while the current generation has waiters. A waiter is
+    // a callback and a timer, not a race of two fibers: waiting is on the path of every task
+    // that arrives to an idle worker.
     interface Generation {
-      readonly woken: Deferred.Deferred<void>
-      waiters: number
+      readonly waiters: Set<() => void>
     }
-    const generation = (): Generation => ({ woken: Deferred.unsafeMake<void>(FiberId.none), waiters: 0 })
+    const generation = (): Generation => ({ waiters: new Set() })
     let current = generation()
     let someoneWaits = Deferred.unsafeMake<void>(FiberId.none)
     const wakeAll = () => {
       const ended = current
       current = generation()
-      Deferred.unsafeDone(ended.woken, Exit.void)
+      for (const wake of ended.waiters) wake()
     }
+    /** Waits until `gen` ends or `millis` pass (real time: leases and delays run on Redis's clock anyway). */
     const waitFor = (gen: Generation, millis: number) =>
       gen !== current
         ? Effect.void // woken while it claimed: claim again at once
-        : Effect.acquireUseRelease(
-            Effect.sync(() => {
-              if (gen.waiters++ === 0) {
-                Deferred.unsafeDone(someoneWaits, Exit.void)
-                someoneWaits = Deferred.unsafeMake<void>(FiberId.none)
-              }
-            }),
-            () => Effect.race(Deferred.await(gen.woken), Effect.sleep(Duration.millis(Math.max(0, millis)))),
-            () =>
-              Effect.sync(() => {
-                gen.waiters--
-              })
-          )
+        : Effect.async<void>((resume) => {
+            const wake = () => {
+              clearTimeout(timer)
+              gen.waiters.delete(wake)
+              resume(Effect.void)
+            }
+            const timer = setTimeout(wake, Math.max(0, millis))
+            if (gen.waiters.size === 0) {
+              Deferred.unsafeDone(someoneWaits, Exit.void)
+              someoneWaits = Deferred.unsafeMake<void>(FiberId.none)
+            }
+            gen.waiters.add(wake)
+            return Effect.sync(() => {
+              clearTimeout(timer)
+              gen.waiters.delete(wake)
+            })
+          })
 
     let failures = 0
     const blockOnce = Effect.gen(function* () {
-      if (current.waiters === 0) yield* Deferred.await(someoneWaits)
+      if (current.waiters.size === 0) yield* Deferred.await(someoneWaits)
       const popped = yield* blocking.run("BZPOPMIN", (c) => c.bzpopmin(key.marker, blockSeconds))
       failures = 0
       if (popped === null) return
-      if (current.waiters > 0) return wakeAll()
+      if (current.waiters.size > 0) return wakeAll()
       // Nobody here waits any more: give the marker back for pullers elsewhere.
       yield* commands.run("ZADD marker", (c) => c.zadd(key.marker, 0, "wake"))
     }).pipe(
