@@ -733,26 +733,48 @@ const startWorker = (
     })
 
     /**
-     * Records the start of a claimed batch in one call, then queues each delivery for a slot, or
-     * settles it at once: already finished by an earlier delivery, or past `maxAttempts` with
-     * every earlier holder dead (a task that keeps killing its workers is not handed to another one
-     * forever). A batch whose start cannot be recorded is given back.
+     * Queues each delivery of a claimed batch whose start is recorded for a slot, or settles it at
+     * once: already finished by an earlier delivery, or past `maxAttempts` with every earlier
+     * holder dead (a task that keeps killing its workers is not handed to another one forever), or
+     * given back when the shutdown has begun. Returns the settlements to run.
      */
-    const startAll = (batch: ReadonlyArray<Delivery>, starts: ReadonlyArray<StartResult> | undefined) => {
+    const dispatch = (batch: ReadonlyArray<Delivery>, starts: ReadonlyArray<StartResult>) => {
+      const others: Array<Effect.Effect<void>> = []
+      for (let i = 0; i < batch.length; i++) {
+        const delivery = batch[i]!
+        const result = starts[i]!
+        if (result._tag === "Finished") others.push(early(delivery, settleFinished(delivery, result.record)))
+        else if (delivery.message.attempt > maxAttempts) {
+          const error = stalled(delivery.message.attempt - 1)
+          others.push(early(delivery, settle(delivery, { _tag: "Failed", error }, 0)))
+        } else if (stopping) others.push(early(delivery, giveBack(delivery)))
+        else offerReady(delivery)
+      }
+      return others
+    }
+
+    /** Runs the settlements `dispatch` returned, if any, on a fiber of their own. */
+    const forkAll = (others: ReadonlyArray<Effect.Effect<void>>) => {
+      if (others.length > 0) fork(Effect.all(others, { concurrency: "unbounded", discard: true }))
+    }
+
+    /**
+     * Records the start of a claimed batch in one call (`startMany`), then dispatches it. A batch
+     * whose start cannot be recorded is given back.
+     */
+    const startAll = (batch: ReadonlyArray<Delivery>) => {
       let dispatched = 0
       return Effect.flatMap(
-        starts !== undefined
-          ? Effect.succeed(Either.right(starts))
-          : Effect.either(
-              retryQueueError(
-                store.startMany(
-                  batch.map(({ message, token }) => ({
-                    taskId: message.taskId,
-                    lease: { token, attempt: message.attempt, priority: message.priority }
-                  }))
-                )
-              )
-            ),
+        Effect.either(
+          retryQueueError(
+            store.startMany(
+              batch.map(({ message, token }) => ({
+                taskId: message.taskId,
+                lease: { token, attempt: message.attempt, priority: message.priority }
+              }))
+            )
+          )
+        ),
         (begun) => {
           dispatched = batch.length
           if (Either.isLeft(begun)) {
@@ -762,21 +784,7 @@ const startWorker = (
               { concurrency: "unbounded", discard: true }
             )
           }
-          const others: Array<Effect.Effect<void>> = []
-          for (let i = 0; i < batch.length; i++) {
-            const delivery = batch[i]!
-            const result = begun.right[i]!
-            if (result._tag === "Finished")
-              others.push(early(delivery, settleFinished(delivery, result.record)))
-            else if (delivery.message.attempt > maxAttempts) {
-              const error = stalled(delivery.message.attempt - 1)
-              others.push(early(delivery, settle(delivery, { _tag: "Failed", error }, 0)))
-            } else if (stopping) others.push(early(delivery, giveBack(delivery)))
-            else offerReady(delivery)
-          }
-          return others.length === 0
-            ? Effect.void
-            : Effect.all(others, { concurrency: "unbounded", discard: true })
+          return Effect.sync(() => forkAll(dispatch(batch, begun.right)))
         }
       ).pipe(
         Effect.catchAllCause((cause) =>
@@ -863,8 +871,11 @@ const startWorker = (
             outstanding -= want - got
             held -= want - got
             if (Exit.isSuccess(exit) && got > 0) {
-              for (const delivery of exit.value.deliveries) leased.add(delivery)
-              fork(startAll(exit.value.deliveries, exit.value.starts))
+              const { deliveries, starts } = exit.value
+              for (const delivery of deliveries) leased.add(delivery)
+              // Starts recorded by the claim itself are dispatched here, without a fiber of their own.
+              if (starts === undefined) fork(startAll(deliveries))
+              else forkAll(dispatch(deliveries, starts))
             }
           })
         )
