@@ -102,6 +102,22 @@ export const taskStoreConformance = (store: StoreUnderTest) =>
         })
       ))
 
+    test("a second outcome from the same delivery replaces the first, field and all", () =>
+      withStore((tasks) =>
+        Effect.gen(function* () {
+          yield* tasks.start("twice", lease("t1"))
+          expect(yield* tasks.finish("twice", "t1", { status: "RETRYING", error: "flaky" })).toBe(true)
+          expect(yield* tasks.finish("twice", "t1", { status: "COMPLETED", result: 7 })).toBe(true)
+          const done = Option.getOrThrow(yield* tasks.get("twice"))
+          expect(done).toMatchObject({ status: "COMPLETED", result: 7 })
+          expect(done.error).toBeUndefined()
+          expect(yield* tasks.finish("twice", "t1", { status: "FAILED", error: "late" })).toBe(true)
+          const failed = Option.getOrThrow(yield* tasks.get("twice"))
+          expect(failed).toMatchObject({ status: "FAILED", error: "late" })
+          expect(failed.result).toBeUndefined()
+        })
+      ))
+
     test("token fencing: once another delivery started, a late finish changes nothing", () =>
       withStore((tasks) =>
         Effect.gen(function* () {

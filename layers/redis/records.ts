@@ -5,7 +5,9 @@
  * The record of task `id` of queue `q` is the hash `{q}:task:<id>` with the fields `status`,
  * `priority`, `attempts`, `created_at`, `updated_at` (epoch ms), `result` (JSON) or `error`, and
  * `token` (the lease token of the delivery that owns it). A finished (COMPLETED or FAILED) record
- * expires after the retention.
+ * expires after the retention. Only a RETRYING, COMPLETED or FAILED record has a `result` or an
+ * `error`: every way into PENDING or PROCESSING clears them, so the scripts below delete them
+ * only when the status they replace may hold one.
  *
  * @since 0.1.0
  */
@@ -44,7 +46,7 @@ local function startRecord(key, token, attempt, priority, now)
   if status == 'COMPLETED' or status == 'FAILED' then return redis.call('HGETALL', key) end
   if status then
     redis.call('HSET', key, 'status', 'PROCESSING', 'attempts', attempt, 'updated_at', now, 'token', token)
-    redis.call('HDEL', key, 'result', 'error')
+    if status == 'RETRYING' then redis.call('HDEL', key, 'result', 'error') end
   else
     redis.call('HSET', key, 'status', 'PROCESSING', 'priority', priority, 'attempts', attempt,
       'created_at', now, 'updated_at', now, 'token', token)
@@ -53,9 +55,10 @@ local function startRecord(key, token, attempt, priority, now)
 end
 
 local function finishRecord(key, token, status, field, value, now, retention)
-  if redis.call('HGET', key, 'token') ~= token then return 0 end
+  local held = redis.call('HMGET', key, 'token', 'status')
+  if held[1] ~= token then return 0 end
   redis.call('HSET', key, 'status', status, 'updated_at', now, field, value)
-  redis.call('HDEL', key, field == 'result' and 'error' or 'result')
+  if held[2] ~= 'PROCESSING' then redis.call('HDEL', key, field == 'result' and 'error' or 'result') end
   if status == 'COMPLETED' or status == 'FAILED' then redis.call('PEXPIRE', key, retention) end
   return 1
 end
