@@ -36,7 +36,7 @@ import {
   Fiber,
   FiberRef,
   FiberSet,
-  HashMap,
+  type HashMap,
   Layer,
   LogLevel,
   Metric,
@@ -49,6 +49,7 @@ import {
   Tracer
 } from "effect"
 import type { LeaseLost, QueueError } from "./Errors.js"
+import { taskAnnotations } from "./internal/taskAnnotations.js"
 import {
   describeFailure,
   Pipeline,
@@ -697,7 +698,7 @@ const startWorker = (
         Effect.flatMap(
           FiberRef.set(
             FiberRef.currentLogAnnotations,
-            HashMap.set(HashMap.set(baseAnnotations, "taskId", message.taskId), "attempt", message.attempt)
+            taskAnnotations(baseAnnotations, message.taskId, message.attempt)
           ),
           () => {
             startedAt = clock.unsafeCurrentTimeMillis()
