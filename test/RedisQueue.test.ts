@@ -242,6 +242,44 @@ await describeWithServer("Redis", redisUrl, "RedisQueue", () => {
       )
     )
 
+    it.live(
+      "batches past a thousand tasks (the scripts write 1,000 fields per call) push, pull and ack whole",
+      () =>
+        onQueue((queueName) =>
+          Effect.gen(function* () {
+            const queue = yield* instance(queueName)
+            expect(yield* queue.push("b7", meeting(-1), 0)).toBe(true)
+            const n = 1100
+            const tasks = Array.from({ length: n }, (_, k) => ({
+              taskId: `b${k}`,
+              data: meeting(k),
+              priority: k % 11
+            }))
+            const accepted = yield* queue.pushBatch([...tasks, { taskId: "b1099", data: meeting(0) }])
+            // The id already pending and the repeat inside the batch are refused; all others are in.
+            expect(accepted.flatMap((a, k) => (a ? [] : [k]))).toEqual([7, n])
+            const pulled = yield* queue.pullBatch(n + 10)
+            expect(pulled.length).toBe(n)
+            const expected = [{ taskId: "b7", priority: 0 }, ...tasks.filter((t) => t.taskId !== "b7")]
+              .map((t, order) => ({ id: t.taskId, priority: t.priority, order }))
+              .sort((a, b) => b.priority - a.priority || a.order - b.order)
+              .map((t) => t.id)
+            expect(pulled.map((d) => d.message.taskId)).toEqual(expected)
+            for (const d of pulled) {
+              expect(d.message.data).toEqual(
+                d.message.taskId === "b7" ? meeting(-1) : meeting(Number(d.message.taskId.slice(1)))
+              )
+            }
+            const spent = pulled.slice(0, 3)
+            expect(yield* queue.ackAll(spent)).toEqual([true, true, true])
+            const answers = yield* queue.ackAll(pulled)
+            expect(answers.filter((a) => !a).length).toBe(3)
+            expect(answers.slice(3).every((a) => a)).toBe(true)
+            expect(yield* queue.stats).toEqual({ pending: 0, inFlight: 0, delayed: 0, dead: 0 })
+          })
+        )
+    )
+
     it.live("two instances on one queue share the work without duplicates", () =>
       onQueue((queueName) =>
         Effect.gen(function* () {

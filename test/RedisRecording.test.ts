@@ -163,6 +163,38 @@ await describeWithServer("Redis", redisUrl, "Redis queue recording the Redis sto
     )
   )
 
+  it.live("a settleAll of more than a thousand leases answers for each, in order", () =>
+    withBoth((recording, queue, store) =>
+      Effect.gen(function* () {
+        const n = 1100
+        yield* queue.pushBatch(Array.from({ length: n }, (_, k) => ({ taskId: `t${k}`, data: k })))
+        const claimed = yield* recording.pullBatch(n)
+        expect(claimed.length).toBe(n)
+        const deliveries = claimed.map((c) => c.delivery)
+        // Three settled already (their messages gone): a second outcome is recorded, not acked.
+        const early = deliveries.slice(0, 3).map((delivery) => ({
+          delivery,
+          outcome: { status: "COMPLETED" as const, result: "first" }
+        }))
+        expect(yield* recording.settleAll(early)).toEqual(["settled", "settled", "settled"])
+        const settled = yield* recording.settleAll(
+          deliveries.map((delivery, k) => ({
+            delivery,
+            outcome:
+              k === 1050
+                ? { status: "FAILED" as const, error: "boom" }
+                : { status: "COMPLETED" as const, result: k }
+          }))
+        )
+        expect(settled.slice(0, 3)).toEqual(["expired", "expired", "expired"])
+        expect(settled.slice(3).every((end) => end === "settled")).toBe(true)
+        expect(yield* queue.stats).toEqual({ pending: 0, inFlight: 0, delayed: 0, dead: 1 })
+        expect(yield* recordOf(store, "t1050")).toMatchObject({ status: "FAILED", error: "boom" })
+        expect(yield* recordOf(store, "t1099")).toMatchObject({ status: "COMPLETED", result: 1099 })
+      })
+    )
+  )
+
   it.live("a malformed body found by a recording claim is dead-lettered and its record FAILED", () =>
     withBoth((recording, queue, store, client) =>
       Effect.gen(function* () {
