@@ -17,6 +17,7 @@ import {
 } from "effect"
 import { Redis } from "ioredis"
 import * as RedisQueue from "../layers/RedisQueue.js"
+import * as Connection from "../layers/redis/Connection.js"
 import * as Scripts from "../layers/redis/scripts.js"
 import * as QM from "../src/QueueManager.js"
 import { conformance, drain, uniqueQueueName } from "./conformance.js"
@@ -194,32 +195,46 @@ await describeWithServer("Redis", redisUrl, "RedisQueue", () => {
       )
     )
 
-    it.live("calls made in the same turn by concurrent fibers go to Redis as one script call each", () =>
-      onQueue((queueName) =>
-        Effect.gen(function* () {
-          const queue = yield* instance(queueName)
-          const all = { concurrency: "unbounded" } as const
-          const ids = Array.from({ length: 16 }, (_, n) => `m${n}`)
-          const pushed = yield* monitored(
-            queueName,
-            Effect.forEach(ids, (id) => queue.push(id, meeting(1)), all)
-          )
-          expect(pushed.result.every((accepted) => accepted)).toBe(true)
-          expect(pushed.seen).toHaveLength(1)
-          const pulled = yield* monitored(
-            queueName,
-            Effect.forEach(ids, () => Effect.flatten(queue.pull(Duration.seconds(1))), all)
-          )
-          expect(new Set(pulled.result.map((d) => d.message.taskId))).toEqual(new Set(ids))
-          expect(pulled.seen).toHaveLength(1)
-          const acked = yield* monitored(
-            queueName,
-            Effect.forEach(pulled.result, (delivery) => delivery.ack, all)
-          )
-          expect(acked.seen).toHaveLength(1)
-          expect(yield* queue.stats).toMatchObject({ pending: 0, inFlight: 0 })
-        })
-      )
+    it.live(
+      "calls made in the same turn by concurrent fibers go to Redis as one script call, or two halves from eight",
+      () =>
+        onQueue((queueName) =>
+          Effect.gen(function* () {
+            const queue = yield* instance(queueName)
+            const all = { concurrency: "unbounded" } as const
+            const keyCount = Object.keys(RedisQueue.keys(queueName)).length
+            /** The ARGV count of each script call seen. */
+            const argvCounts = (seen: ReadonlyArray<{ readonly args: ReadonlyArray<string> }>) =>
+              seen.map(({ args }) => args.length - 3 - keyCount)
+            const few = Array.from({ length: Connection.splitAt - 1 }, (_, n) => `f${n}`)
+            const pushedFew = yield* monitored(
+              queueName,
+              Effect.forEach(few, (id) => queue.push(id, meeting(1)), all)
+            )
+            expect(pushedFew.result.every((accepted) => accepted)).toBe(true)
+            expect(argvCounts(pushedFew.seen)).toEqual([3 * few.length])
+            const ids = Array.from({ length: 16 }, (_, n) => `m${n}`)
+            const pushed = yield* monitored(
+              queueName,
+              Effect.forEach(ids, (id) => queue.push(id, meeting(1)), all)
+            )
+            expect(pushed.result.every((accepted) => accepted)).toBe(true)
+            expect(argvCounts(pushed.seen)).toEqual([3 * 8, 3 * 8])
+            const pulled = yield* monitored(
+              queueName,
+              Effect.forEach([...few, ...ids], () => Effect.flatten(queue.pull(Duration.seconds(1))), all)
+            )
+            expect(new Set(pulled.result.map((d) => d.message.taskId))).toEqual(new Set([...few, ...ids]))
+            // A claim's ARGV is the total wanted and the lease duration.
+            expect(pulled.seen.map(({ args }) => args[3 + keyCount])).toEqual(["12", "11"])
+            const acked = yield* monitored(
+              queueName,
+              Effect.forEach(pulled.result, (delivery) => delivery.ack, all)
+            )
+            expect(argvCounts(acked.seen)).toEqual([2 * 12, 2 * 11])
+            expect(yield* queue.stats).toMatchObject({ pending: 0, inFlight: 0 })
+          })
+        )
     )
 
     it.live("a pushBatch of 1,000 tasks is one call to Redis", () =>

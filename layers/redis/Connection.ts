@@ -12,6 +12,14 @@ import { Redis, type RedisOptions } from "ioredis"
 import { QueueError } from "../../src/Errors.js"
 import * as QM from "../../src/QueueManager.js"
 
+/**
+ * From this many calls gathered in one turn, `batched` sends two flushes instead of one: Redis
+ * runs the second while this process handles the first's reply. With one flush, callers that
+ * call again as soon as they are answered (producers, pullers) and Redis take turns, each idle
+ * while the other works.
+ */
+export const splitAt = 8
+
 /** A Lua script with its SHA1, as `EVALSHA` wants it. */
 export interface Script {
   readonly name: string
@@ -55,8 +63,9 @@ export interface Connection {
   /**
    * Calls made in the same event-loop turn, sent as one: each caller passes one input and gets its
    * own output; the inputs gathered until the turn's microtasks have run go to `flush` together (at
-   * most `max` at a time), which answers one output per input, in order. A failed flush fails every
-   * caller of it with `QueueError`. A caller interrupted while it waits does not withdraw its input.
+   * most `max` at a time; in two halves from {@link splitAt} inputs), which answers one output per
+   * input, in order. A failed flush fails every caller of it with `QueueError`. A caller
+   * interrupted while it waits does not withdraw its input.
    */
   readonly batched: <I, O>(
     what: string,
@@ -257,7 +266,8 @@ export const connect = (options: ConnectOptions): Effect.Effect<Connection, Queu
       const flushAll = () => {
         const all = pending
         pending = []
-        for (let i = 0; i < all.length; i += options.max) send(all.slice(i, i + options.max))
+        const size = Math.min(options.max, all.length >= splitAt ? Math.ceil(all.length / 2) : all.length)
+        for (let i = 0; i < all.length; i += size) send(all.slice(i, i + size))
       }
       return (input: I): Effect.Effect<O, QueueError> =>
         Effect.async<O, QueueError>((resume) => {
