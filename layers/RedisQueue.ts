@@ -318,24 +318,6 @@ export const makeBackend = (
           .evalPromise(Scripts.claim, keyList, [maxes.reduce((sum, max) => sum + max, 0), leaseMillis])
           .then((reply) => deal(parseClaim(reply, 5), maxes))
     })
-    // Claims that also record their starts in the task records (see `recording`); the clock of
-    // the turn's first call stamps them all.
-    const recordPrefix = Records.recordPrefix(queueName)
-    const recordingClaimBatch = commands.batched(`${Scripts.claim.name} (recording starts)`, {
-      max: maxBatch,
-      flush: (calls: ReadonlyArray<readonly [max: number, now: number]>) => {
-        const maxes = calls.map(([max]) => max)
-        return commands
-          .evalPromise(Scripts.claim, keyList, [
-            maxes.reduce((sum, max) => sum + max, 0),
-            leaseMillis,
-            recordPrefix,
-            calls[0]![1]
-          ])
-          .then((reply) => deal(parseClaim(reply, 6), maxes))
-      }
-    })
-
     const claimOnce = (claimed: Effect.Effect<Claimed, QueueError>) =>
       Effect.uninterruptibleMask((restore) =>
         Effect.flatMap(claimed, (claimed) => {
@@ -376,6 +358,18 @@ export const makeBackend = (
     const claim = (max: number, timeout: Duration.Duration) => claimWith(() => claimBatch(max), timeout)
 
     /**
+     * A claim that records its starts in the task records, stamped `now`. It goes to Redis at
+     * once, not gathered with the turn's other claims: a worker's fetcher is its only caller, and
+     * sent before the settle of the batch that just ran (which the settler sends in the same turn),
+     * its reply comes back while Redis still runs that settle, so the next batch starts sooner.
+     */
+    const recordPrefix = Records.recordPrefix(queueName)
+    const recordingClaim = (max: number) => (now: number) =>
+      Effect.map(evalScript(Scripts.claim, [max, leaseMillis, recordPrefix, now]), (reply) =>
+        parseClaim(reply, 6)
+      )
+
+    /**
      * Claims and settlements that write the task records too, when `records` are this queue's own
      * (a Redis task store on the same server, database and queue name).
      */
@@ -384,25 +378,22 @@ export const makeBackend = (
         ? undefined
         : {
             claim: (max, timeout) =>
-              Effect.flatMap(
-                claimWith((now) => recordingClaimBatch([max, now]), timeout),
-                (leases) => {
-                  // A plain loop: a claim of 80 would otherwise be 80 effects run one after another.
-                  const started: Array<RawStartedLease> = []
-                  for (const lease of leases) {
-                    const start = Records.startResult(lease.id, lease.start)
-                    if (Either.isLeft(start)) return Effect.fail(start.left)
-                    started.push({
-                      id: lease.id,
-                      body: lease.body,
-                      attempt: lease.attempt,
-                      token: lease.token,
-                      start: start.right
-                    })
-                  }
-                  return Effect.succeed(started)
+              Effect.flatMap(claimWith(recordingClaim(max), timeout), (leases) => {
+                // A plain loop: a claim of 80 would otherwise be 80 effects run one after another.
+                const started: Array<RawStartedLease> = []
+                for (const lease of leases) {
+                  const start = Records.startResult(lease.id, lease.start)
+                  if (Either.isLeft(start)) return Effect.fail(start.left)
+                  started.push({
+                    id: lease.id,
+                    body: lease.body,
+                    attempt: lease.attempt,
+                    token: lease.token,
+                    start: start.right
+                  })
                 }
-              ),
+                return Effect.succeed(started)
+              }),
             settle: (endings, now) =>
               Effect.ensuring(
                 Effect.map(

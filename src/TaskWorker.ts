@@ -534,6 +534,9 @@ const startWorker = (
           completionsWaiting.unsafeClose()
           yield* completionsWaiting.await
         }
+        // The fetcher, woken by the same runs, goes first: its claim reaches Redis before this
+        // settle, so the next batch comes back while Redis still runs the settle.
+        yield* Effect.yieldNow()
         yield* settleCompletions(completions.splice(0, maxSettleBatch))
       }
     })
