@@ -152,7 +152,7 @@ export const makeBackend = (
       commands.evalScript(script, keyList, args)
 
     // Acks and single pushes made in the same event-loop turn (by concurrent workers or
-    // producers) go to Redis as one script call.
+    // producers) go to Redis as one script call (two from `Connection.splitAt` callers on).
     /** The pending score each lease held here was claimed from, by token: where `release` puts it back. */
     const positions = new Map<string, string>()
     // Where each lease came from is forgotten once its ack has an answer (or failed).
@@ -309,8 +309,9 @@ export const makeBackend = (
 
     // The claim is atomic for its caller: if the caller is interrupted while Redis answers, the
     // tasks go straight back where they were, their attempt not counted.
-    // Claims made in the same event-loop turn (concurrent pullers) are one script call: its
-    // leases are dealt out in order, the most urgent to the first caller.
+    // Claims made in the same event-loop turn (concurrent pullers) are one script call (two from
+    // `Connection.splitAt` on): its leases are dealt out in order, the most urgent to the first
+    // caller.
     const claimBatch = commands.batched(Scripts.claim.name, {
       max: maxBatch,
       flush: (maxes: ReadonlyArray<number>) =>

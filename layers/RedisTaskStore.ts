@@ -149,7 +149,8 @@ export const make = (
       connection.evalScript(s, [key], args)
 
     // Starts and outcomes recorded in the same event-loop turn (by concurrent tasks) go to Redis
-    // as one script call each; the clock of the turn's first call stamps them all.
+    // as one script call each (two from `Connection.splitAt` on); the clock of the turn's first
+    // call stamps them all.
     const flushStart = (calls: ReadonlyArray<StartCall>) =>
       connection.evalPromise(
         startScript,

@@ -2,7 +2,7 @@
  * One ioredis connection held by a scope, shared by the Redis queue and the Redis task store:
  * bounded connect, reconnection with backoff, calls that fail with `QueueError` (at once when the
  * connection drops), Lua scripts called by SHA, and calls made in the same event-loop turn sent
- * as one script call ({@link batched}).
+ * as one script call, or two from {@link splitAt} on ({@link batched}).
  *
  * @since 0.1.0
  */
