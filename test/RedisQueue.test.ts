@@ -98,15 +98,20 @@ const monitored = <A, E>(queueName: string, f: Effect.Effect<A, E>) =>
       return byName
     })
     const seen: Array<{ readonly connection: string; readonly args: ReadonlyArray<string> }> = []
+    // Starting MONITOR while other suites send commands can lose ioredis a race ("Command queue
+    // state error": a monitored line read before MONITOR's own reply): start it again then.
     const monitor = yield* Effect.acquireRelease(
       Effect.tryPromise(async () => {
         const client = new Redis(redisUrl, { maxRetriesPerRequest: 1 })
         client.on("error", () => {})
-        const monitor = await client.monitor()
-        client.disconnect()
-        monitor.on("error", () => {})
-        return monitor
-      }),
+        try {
+          const monitor = await client.monitor()
+          monitor.on("error", () => {})
+          return monitor
+        } finally {
+          client.disconnect()
+        }
+      }).pipe(Effect.retry({ times: 3 })),
       (monitor) => Effect.sync(() => monitor.disconnect())
     )
     monitor.on("monitor", (_time: string, args: ReadonlyArray<string>, source: string) => {
