@@ -295,11 +295,15 @@ export const makeBackend = (
         Effect.sync(() => positions.delete(token))
       )
 
-    const release = (leases: Claimed["leases"]) =>
-      evalScript(
-        Scripts.release,
-        leases.flatMap((l) => [l.id, l.token, l.score])
-      ).pipe(
+    const recordPrefix = Records.recordPrefix(queueName)
+
+    /** Gives back the leases of an interrupted claim; `recorded`: the claim recorded their starts, stamped `now`. */
+    const release = (leases: Claimed["leases"], recorded: boolean, now: number) =>
+      evalScript(Scripts.release, [
+        recorded ? recordPrefix : "",
+        now,
+        ...leases.flatMap((l) => [l.id, l.token, l.score])
+      ]).pipe(
         Effect.catchAll((error) =>
           Effect.logWarning("could not give back interrupted claims; their leases will expire").pipe(
             Effect.annotateLogs({ error: error.message, queue: queueName })
@@ -319,11 +323,13 @@ export const makeBackend = (
           .evalPromise(Scripts.claim, keyList, [maxes.reduce((sum, max) => sum + max, 0), leaseMillis])
           .then((reply) => deal(parseClaim(reply, 5), maxes))
     })
-    const claimOnce = (claimed: Effect.Effect<Claimed, QueueError>) =>
+    const claimOnce = (claimed: Effect.Effect<Claimed, QueueError>, recorded: boolean, clock: Clock.Clock) =>
       Effect.uninterruptibleMask((restore) =>
         Effect.flatMap(claimed, (claimed) => {
           if (claimed.leases.length === 0) return Effect.succeed(claimed)
-          return restore(Effect.succeed(claimed)).pipe(Effect.onInterrupt(() => release(claimed.leases)))
+          return restore(Effect.succeed(claimed)).pipe(
+            Effect.onInterrupt(() => release(claimed.leases, recorded, clock.unsafeCurrentTimeMillis()))
+          )
         })
       )
 
@@ -333,30 +339,38 @@ export const makeBackend = (
       return leases
     }
 
-    /** Claims with `once` until it gets leases or `timeout` passes, waiting for a marker in between. */
+    /**
+     * Claims with `once` until it gets leases or `timeout` passes, waiting for a marker in between;
+     * `recorded`: `once` records the starts (an interrupted claim then resets the records too).
+     */
     const claimWith = (
       once: (now: number) => Effect.Effect<Claimed, QueueError>,
-      timeout: Duration.Duration
+      timeout: Duration.Duration,
+      recorded: boolean
     ) =>
       Effect.withFiberRuntime<ReadonlyArray<ClaimedLease>, QueueError>((fiber) => {
         const clock = Context.get(fiber.currentDefaultServices, Clock.Clock)
         const deadline = clock.unsafeCurrentTimeMillis() + Duration.toMillis(timeout)
         const attempt = (): Effect.Effect<ReadonlyArray<ClaimedLease>, QueueError> => {
           const gen = current
-          return Effect.flatMap(claimOnce(once(clock.unsafeCurrentTimeMillis())), (claimed) => {
-            if (claimed.leases.length > 0) return Effect.succeed(held(claimed.leases))
-            const remaining = deadline - clock.unsafeCurrentTimeMillis()
-            if (remaining <= 0) return Effect.succeed([])
-            return Effect.flatMap(
-              waitFor(gen, claimed.waitMillis < 0 ? remaining : Math.min(remaining, claimed.waitMillis)),
-              attempt
-            )
-          })
+          return Effect.flatMap(
+            claimOnce(once(clock.unsafeCurrentTimeMillis()), recorded, clock),
+            (claimed) => {
+              if (claimed.leases.length > 0) return Effect.succeed(held(claimed.leases))
+              const remaining = deadline - clock.unsafeCurrentTimeMillis()
+              if (remaining <= 0) return Effect.succeed([])
+              return Effect.flatMap(
+                waitFor(gen, claimed.waitMillis < 0 ? remaining : Math.min(remaining, claimed.waitMillis)),
+                attempt
+              )
+            }
+          )
         }
         return attempt()
       })
 
-    const claim = (max: number, timeout: Duration.Duration) => claimWith(() => claimBatch(max), timeout)
+    const claim = (max: number, timeout: Duration.Duration) =>
+      claimWith(() => claimBatch(max), timeout, false)
 
     /**
      * A claim that records its starts in the task records, stamped `now`. It goes to Redis at
@@ -364,7 +378,6 @@ export const makeBackend = (
      * sent before the settle of the batch that just ran (which the settler sends in the same turn),
      * its reply comes back while Redis still runs that settle, so the next batch starts sooner.
      */
-    const recordPrefix = Records.recordPrefix(queueName)
     const recordingClaim = (max: number) => (now: number) =>
       Effect.map(evalScript(Scripts.claim, [max, leaseMillis, recordPrefix, now]), (reply) =>
         parseClaim(reply, 6)
@@ -379,7 +392,7 @@ export const makeBackend = (
         ? undefined
         : {
             claim: (max, timeout) =>
-              Effect.flatMap(claimWith(recordingClaim(max), timeout), (leases) => {
+              Effect.flatMap(claimWith(recordingClaim(max), timeout, true), (leases) => {
                 // A plain loop: a claim of 80 would otherwise be 80 effects run one after another.
                 const started: Array<RawStartedLease> = []
                 for (const lease of leases) {
@@ -476,7 +489,7 @@ export const makeBackend = (
           if (score === undefined) return Effect.fail(lost(id))
           return settled(
             token,
-            Effect.flatMap(evalScript(Scripts.release, [id, token, score]), (undone) =>
+            Effect.flatMap(evalScript(Scripts.release, ["", 0, id, token, score]), (undone) =>
               undone === 1 ? Effect.void : Effect.fail(lost(id))
             )
           )

@@ -87,10 +87,8 @@ return out`
 /** ARGV: token, now. 1 when given back (PENDING, the attempt not counted), 0 when the token no longer holds. */
 const releaseScript = Connection.script(
   "release",
-  `if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] or redis.call('HGET', KEYS[1], 'status') ~= 'PROCESSING' then return 0 end
-local attempts = math.max(0, (tonumber(redis.call('HGET', KEYS[1], 'attempts')) or 1) - 1)
-redis.call('HSET', KEYS[1], 'status', 'PENDING', 'attempts', attempts, 'updated_at', ARGV[2], 'token', '')
-return 1`
+  `${Records.recordFunctions}
+return releaseRecord(KEYS[1], ARGV[1], ARGV[2])`
 )
 
 /** ARGV: now. 1 when reset, 0 when unknown. */

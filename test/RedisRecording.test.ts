@@ -3,7 +3,7 @@
  * (`QueueManager.recording`), and the worker using it: on a real Redis.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Duration, Effect, Layer, Option, Schema, type Scope } from "effect"
+import { Duration, Effect, Exit, Fiber, Layer, Option, Schema, type Scope } from "effect"
 import type { Redis } from "ioredis"
 import * as RedisQueue from "../layers/RedisQueue.js"
 import * as RedisTaskStore from "../layers/RedisTaskStore.js"
@@ -193,6 +193,41 @@ await describeWithServer("Redis", redisUrl, "Redis queue recording the Redis sto
         expect(yield* recordOf(store, "t1099")).toMatchObject({ status: "COMPLETED", result: 1099 })
       })
     )
+  )
+
+  it.live(
+    "a claim interrupted while Redis answers gives its tasks back and their records back to PENDING",
+    () =>
+      withBoth((recording, queue, store, client) =>
+        Effect.gen(function* () {
+          yield* queue.pushBatch(["a", "b", "c"].map((taskId) => ({ taskId, data: {} })))
+          // Another client keeps Redis busy for 100 ms, so the claim is sent and not yet answered
+          // when its caller is interrupted.
+          const busy = client.eval(
+            "local t = redis.call('TIME') local s = t[1] * 1000000 + t[2] repeat t = redis.call('TIME') until t[1] * 1000000 + t[2] - s > 100000 return 1",
+            0
+          )
+          yield* Effect.sleep(Duration.millis(10))
+          const fiber = yield* Effect.fork(recording.pullBatch(2, Duration.seconds(1)))
+          yield* Effect.sleep(Duration.millis(20))
+          const exit = yield* Fiber.interrupt(fiber)
+          yield* Effect.promise(() => busy)
+          expect(Exit.isInterrupted(exit)).toBe(true)
+          expect(yield* queue.stats).toMatchObject({ pending: 3, inFlight: 0 })
+          // The claim recorded two starts before it was given back: neither running nor counted.
+          for (const taskId of ["a", "b"]) {
+            expect(yield* recordOf(store, taskId)).toMatchObject({ status: "PENDING", attempts: 0 })
+          }
+          expect(Option.isNone(yield* store.get("c"))).toBe(true)
+          const again = yield* recording.pullBatch(3)
+          expect(again.map((c) => [c.delivery.message.taskId, c.delivery.message.attempt])).toEqual([
+            ["a", 1],
+            ["b", 1],
+            ["c", 1]
+          ])
+          expect(yield* recordOf(store, "a")).toMatchObject({ status: "PROCESSING", attempts: 1 })
+        })
+      )
   )
 
   it.live("a malformed body found by a recording claim is dead-lettered and its record FAILED", () =>

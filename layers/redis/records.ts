@@ -39,6 +39,8 @@ export const location = (connection: Connection, queueName: string): string => {
  * - `finishRecord(key, token, status, field, value, now, retention)`: the outcome, when the
  *   record's token is still `token` (1), else nothing (0). Finished records expire after
  *   `retention` ms.
+ * - `releaseRecord(key, token, now)`: back to PENDING, the attempt not counted, when the record
+ *   is PROCESSING for `token` (1), else nothing (0): a delivery given back unrun.
  */
 export const recordFunctions = `
 local function startRecord(key, token, attempt, priority, now)
@@ -60,6 +62,14 @@ local function finishRecord(key, token, status, field, value, now, retention)
   redis.call('HSET', key, 'status', status, 'updated_at', now, field, value)
   if held[2] ~= 'PROCESSING' then redis.call('HDEL', key, field == 'result' and 'error' or 'result') end
   if status == 'COMPLETED' or status == 'FAILED' then redis.call('PEXPIRE', key, retention) end
+  return 1
+end
+
+local function releaseRecord(key, token, now)
+  local held = redis.call('HMGET', key, 'token', 'status', 'attempts')
+  if held[1] ~= token or held[2] ~= 'PROCESSING' then return 0 end
+  local attempts = math.max(0, (tonumber(held[3]) or 1) - 1)
+  redis.call('HSET', key, 'status', 'PENDING', 'attempts', attempts, 'updated_at', now, 'token', '')
   return 1
 end
 `

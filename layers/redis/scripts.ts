@@ -235,20 +235,23 @@ return out
 )
 
 /**
- * ARGV: `id, token, score` per lease. Undoes claims whose caller never saw them (interrupted) or
- * never ran (released by a worker):
- * back to pending at the same place, the attempt not counted. Returns how many it undid.
+ * ARGV: `recordPrefix, now`, then `id, token, score` per lease. Undoes claims whose caller never
+ * saw them (interrupted) or never ran (released by a worker): back to pending at the same place,
+ * the attempt not counted. With a record prefix (else `''`: a plain claim), each task's record
+ * too, as the claim recorded its start: back to PENDING (`releaseRecord`). Returns how many it undid.
  */
 export const release = script(
   "release",
-  `
+  `${recordFunctions}
+local recordPrefix, recordNow = ARGV[1], ARGV[2]
 local undone = 0
-for i = 1, #ARGV, 3 do
+for i = 3, #ARGV, 3 do
   local id = ARGV[i]
   if holds(id, ARGV[i + 1]) then
     unlease(id)
     redis.call('HINCRBY', task, 's:' .. id, -16)
     redis.call('ZADD', pending, ARGV[i + 2], id)
+    if recordPrefix ~= '' then releaseRecord(recordPrefix .. id, ARGV[i + 1], recordNow) end
     undone = undone + 1
   end
 end
