@@ -84,6 +84,10 @@ describe("programs/bench.ts", () => {
         } else {
           expect(outcome.sample.rate).toBeGreaterThan(0)
           expect(typeof outcome.sample.cpuUsPerTask).toBe("number")
+          if (process.platform === "linux") {
+            expect(outcome.sample.mainCpuUsPerTask).toBeGreaterThanOrEqual(0)
+            expect(outcome.sample.mainCpuUsPerTask).toBeLessThanOrEqual(outcome.sample.cpuUsPerTask + 10_000)
+          }
         }
       }
       if (cell.scenario.startsWith("worker") || cell.scenario.startsWith("queue")) {

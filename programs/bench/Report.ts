@@ -249,6 +249,31 @@ export const render = (
     )
   }
 
+  if (
+    rateScenarios.some((s) =>
+      subjects.some((subject) => medianOf(get(subject, s), "mainCpuUsPerTask") !== undefined)
+    )
+  ) {
+    parts.push(
+      "### Of that, the main thread's (median µs per task; the rest is V8's compiler and GC threads; 10 ms resolution)"
+    )
+    parts.push(
+      table(
+        ["scenario", ...subjects],
+        rateScenarios.map((s) => [
+          s,
+          ...subjects.map((subject) => {
+            const cell = get(subject, s)
+            const status = statusOf(cell)
+            if (status !== undefined) return status
+            const main = medianOf(cell, "mainCpuUsPerTask")
+            return main === undefined ? "—" : `${main.toFixed(1)} µs`
+          })
+        ])
+      )
+    )
+  }
+
   const pairs = comparisons(rateScenarios).filter(
     (c) => subjects.includes(c.ours) && subjects.includes(c.peer) && get(c.ours, c.scenario) !== undefined
   )
