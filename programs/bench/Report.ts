@@ -230,8 +230,14 @@ export const render = (
     )
   }
 
-  if (rateScenarios.length > 0) {
-    parts.push("### CPU time of the benchmark process per task (median µs; excludes the servers)")
+  /** A table of one per-task CPU field (µs) by scenario and subject, under `title`, when any cell has it. */
+  const cpuTable = (title: string, field: "cpuUsPerTask" | "mainCpuUsPerTask") => {
+    if (
+      !rateScenarios.some((s) => subjects.some((subject) => medianOf(get(subject, s), field) !== undefined))
+    ) {
+      return
+    }
+    parts.push(title)
     parts.push(
       table(
         ["scenario", ...subjects],
@@ -241,38 +247,18 @@ export const render = (
             const cell = get(subject, s)
             const status = statusOf(cell)
             if (status !== undefined) return status
-            const cpu = medianOf(cell, "cpuUsPerTask")
+            const cpu = medianOf(cell, field)
             return cpu === undefined ? "—" : `${cpu.toFixed(1)} µs`
           })
         ])
       )
     )
   }
-
-  if (
-    rateScenarios.some((s) =>
-      subjects.some((subject) => medianOf(get(subject, s), "mainCpuUsPerTask") !== undefined)
-    )
-  ) {
-    parts.push(
-      "### Of that, the main thread's (median µs per task; the rest is V8's compiler and GC threads; 10 ms resolution)"
-    )
-    parts.push(
-      table(
-        ["scenario", ...subjects],
-        rateScenarios.map((s) => [
-          s,
-          ...subjects.map((subject) => {
-            const cell = get(subject, s)
-            const status = statusOf(cell)
-            if (status !== undefined) return status
-            const main = medianOf(cell, "mainCpuUsPerTask")
-            return main === undefined ? "—" : `${main.toFixed(1)} µs`
-          })
-        ])
-      )
-    )
-  }
+  cpuTable("### CPU time of the benchmark process per task (median µs; excludes the servers)", "cpuUsPerTask")
+  cpuTable(
+    "### Of that, the main thread's (median µs per task; the rest is V8's compiler and GC threads; 10 ms resolution)",
+    "mainCpuUsPerTask"
+  )
 
   const pairs = comparisons(rateScenarios).filter(
     (c) => subjects.includes(c.ours) && subjects.includes(c.peer) && get(c.ours, c.scenario) !== undefined
