@@ -324,6 +324,29 @@ export const conformance = (backend: BackendUnderTest) =>
       )
     )
 
+    it.live("a requeued task keeps its priority: ahead of lower ones pushed since, behind higher ones", () =>
+      withQueue((queue) =>
+        Effect.gen(function* () {
+          yield* queue.pushBatch([
+            { taskId: "hi", data: meeting(1), priority: 8 },
+            { taskId: "lo", data: meeting(2), priority: 2 }
+          ])
+          const [hi, lo] = yield* queue.pullBatch(2)
+          expect([hi!.message.taskId, lo!.message.taskId]).toEqual(["hi", "lo"])
+          yield* queue.push("mid", meeting(3), 5)
+          yield* lo!.nack()
+          yield* hi!.nack()
+          const order: Array<string> = []
+          for (let i = 0; i < 3; i++) {
+            const delivery = yield* queue.pull().pipe(Effect.flatten)
+            order.push(`${delivery.message.taskId}:${delivery.message.priority}:${delivery.message.attempt}`)
+            yield* delivery.ack
+          }
+          expect(order).toEqual(["hi:8:2", "mid:5:1", "lo:2:2"])
+        })
+      )
+    )
+
     it.live("nack requeues at the back of its priority as the next attempt", () =>
       withQueue((queue) =>
         Effect.gen(function* () {

@@ -34,7 +34,10 @@ export const priorityBand = 2 ** 40
 /** The `{q}:task` field of a task's body. */
 export const bodyField = (id: string) => `b:${id}`
 
-/** The `{q}:task` field of a task's state: `attempts * 16 + priority`. */
+/**
+ * The `{q}:task` field of a task's state: `attempts * 16 + priority`, written by its first claim
+ * (until then, attempts 0 and the priority its pending score's).
+ */
 export const stateField = (id: string) => `s:${id}`
 
 /** The `{q}:task` field of a task's lease token, while it is in flight. */
@@ -153,6 +156,7 @@ for i = 1, #ARGV, 3 do
   elseif redis.call('HEXISTS', task, 'b:' .. id) == 1 then
     if redis.call('ZREM', dead, id) == 1 then
       redis.call('HDEL', errors, id)
+      redis.call('HDEL', task, 's:' .. id)
     else
       accepted = 0
     end
@@ -171,8 +175,6 @@ for from = 1, #fresh, 1000 do
     local id, p = ARGV[i], tonumber(ARGV[i + 1])
     fields[#fields + 1] = 'b:' .. id
     fields[#fields + 1] = ARGV[i + 2]
-    fields[#fields + 1] = 's:' .. id
-    fields[#fields + 1] = p
     scores[#scores + 1] = (10 - p) * ${priorityBand} + first + k
     scores[#scores + 1] = id
   end
@@ -210,7 +212,8 @@ for k = 1, n do
   local id = popped[2 * k - 1]
   local token = tostring(firstToken + k)
   local got = redis.call('HMGET', task, 'b:' .. id, 's:' .. id)
-  local state = (tonumber(got[2]) or 5) + 16
+  -- A task's first claim finds no state: attempts 0, and the priority is its pending score's.
+  local state = (tonumber(got[2]) or (10 - math.floor(tonumber(popped[2 * k]) / ${priorityBand}))) + 16
   leased[#leased + 1] = deadline
   leased[#leased + 1] = id
   fields[#fields + 1] = 's:' .. id
