@@ -7,11 +7,14 @@
  * declared idempotently on every (re)connection, and again when a publish finds one deleted
  * (publishes are mandatory, so the broker returns them instead of dropping them).
  *
- * Claims: a claim of one task is a `basic.get` (manual ack); a claim of more, or one that finds
- * the queue empty, is a consumer of its own with a prefetch of `max`, cancelled after its first
- * delivery or when its time is up; claims spread over 4 claim channels. A lease token names the
- * connection, the channel and the delivery tag: once that channel is gone the token is refused
- * with `LeaseLost`, and nothing is ever acked on another channel. Attempts travel in the
+ * Claims: a claim that may wait takes from a standing consumer (the feed) on a channel of its
+ * own, started by the first such claim with a prefetch that grows, in powers of two, to what the
+ * process's claims hold and ask for; its deliveries wait in the process, by priority, until a
+ * claim takes them. The feed stops after a second with no claim, giving back what no claim took
+ * (as the same attempt), and at shutdown. A claim that may not wait and finds nothing delivered
+ * is a `basic.get` (manual ack) on one of 4 claim channels. A lease token names the connection,
+ * the channel and the delivery tag: once that channel is gone the token is refused with
+ * `LeaseLost`, and nothing is ever acked on another channel. Attempts travel in the
  * `x-attempt` header; a message the broker redelivers (its holder died) is published again with
  * the next attempt number and the original acked once the copy is confirmed.
  *
@@ -24,13 +27,14 @@
  *   holder's channel closes (process death, lost connection): then the broker hands it out again,
  *   counted as the next attempt. `extend` succeeds while the holder's channel lives and does
  *   nothing else.
- * - **Order.** A claim gets the most urgent ready tasks of the whole queue at that moment
- *   (priority, then push order), across processes: `basic.get` takes the head of the queue, and a
- *   consumer with a prefetch of `max` is handed the `max` tasks at its head at once. A claim that
- *   finds nothing waits on that consumer and gets the first tasks that arrive, in arrival order.
- *   A requeued or delayed task, or one whose holder died, re-enters at the back of its priority.
- *   A claim interrupted while it holds tasks gives them back to the broker, which marks them
- *   redelivered: they count one attempt more.
+ * - **Order.** The broker hands the feed the most urgent ready tasks of the whole queue (priority,
+ *   then push order), across processes, and a claim takes the most urgent the feed holds. The feed
+ *   holds at most its prefetch, less what the process's claims hold: a more urgent task pushed
+ *   later can start after those (as with a worker's prefetch). A requeued or delayed task, or one
+ *   whose holder died, re-enters at the back of its priority. A claim interrupted while it holds
+ *   tasks puts them back in the feed (or, from `basic.get`, gives them back to the broker, which
+ *   marks them redelivered: they count one attempt more). If the connection dies, the broker
+ *   hands out again what the feed held, as the next attempt.
  * - **Delays** are exact unless an older, longer delay of the same bucket is ahead of them (then
  *   late by less than half the bucket, at most 2^30 ms); at most 2^31 ms (about 24.8 days).
  * - **Counts.** `inFlight` counts the leases held by this process only; `pending` counts ready
@@ -67,6 +71,7 @@ import type {
   RawTask
 } from "../src/QueueBackend.js"
 import * as QM from "../src/QueueManager.js"
+import { ReadyBuffer } from "./rabbitmq/ReadyBuffer.js"
 import * as Topology from "./rabbitmq/Topology.js"
 
 /** Options of the RabbitMQ backend. */
@@ -86,8 +91,14 @@ export interface RabbitMqQueueOptions {
 /** The `connection_name` client property of a queue's connection (shown by `rabbitmqctl list_connections`). */
 export const connectionName = (queueName: string): string => `etq:${queueName}`
 
-/** How many channels claims spread their `basic.get`s over. */
+/** How many channels claims spread their `basic.get`s over; the feed's channel comes after them. */
 const claimChannels = 4
+
+/** The feed's prefetch never goes past this (AMQP allows up to 65,535). */
+const maxFeedPrefetch = 4096
+
+/** A feed with no claim for this long (checked every second) stops and gives back what it holds. */
+const feedIdleMillis = 1_000
 
 /** Reconnects forever, backing off from 100 ms to 5 s with jitter. */
 const reconnectSchedule = Schedule.exponential("100 millis").pipe(
@@ -156,15 +167,28 @@ const stringHeader = (headers: Amqp.MessagePropertyHeaders | undefined, name: st
   return typeof value === "string" ? value : Buffer.isBuffer(value) ? value.toString("utf8") : undefined
 }
 
-/** A claim channel: `basic.get`s, the consumers of waiting claims, and the acks of what they took. */
+/** A claim channel (`basic.get`s and the acks of what they took), or the feed's channel. */
 interface Lane {
   readonly index: number
   readonly channel: Amqp.Channel
   /** Claims running on this lane, to spread the next one. */
   busy: number
-  /** The per-consumer prefetch the channel's next consumer gets. */
-  qos: number
-  /** Serializes `basic.qos` + `basic.consume` pairs. */
+}
+
+/** The standing consumer claims take from, with what it delivered and no claim took yet. */
+interface Feed {
+  readonly lane: Lane
+  /** The live consumer and its per-consumer prefetch; none before a claim waits, or after a stop. */
+  consumer: { readonly tag: string; readonly prefetch: number } | undefined
+  /** Delivered, not yet claimed: unacked at the broker, pending for this process. */
+  readonly ready: ReadyBuffer<Held>
+  /** Deliveries of this feed leased to claimers and not yet settled. */
+  leased: number
+  /** The sum of `max` over the claims waiting on the feed. */
+  wanted: number
+  /** When a claim last started (epoch ms), for the idle stop. */
+  lastClaim: number
+  /** Serializes starting, growing and stopping the consumer. */
   readonly lock: Effect.Semaphore
 }
 
@@ -176,9 +200,10 @@ class Session {
   readonly closed = Deferred.unsafeMake<void>(FiberId.none)
   publisher: Amqp.ConfirmChannel | undefined = undefined
   lanes: Array<Lane> = []
+  feed: Feed | undefined = undefined
   /** Mandatory publishes the broker returned (no queue), by routing key and message id, not yet confirmed. */
   readonly returned = new Map<string, number>()
-  /** Wake-ups of the claims waiting on a consumer, called when the session dies. */
+  /** Wake-ups of the claims waiting on the feed, called on a delivery and when the session dies. */
   readonly waiters = new Set<() => void>()
   constructor(
     readonly id: number,
@@ -404,6 +429,7 @@ export const makeBackend = (
       Effect.gen(function* () {
         const channels = [
           ...session.lanes.map((lane) => lane.channel),
+          ...(session.feed ? [session.feed.lane.channel] : []),
           ...(session.publisher ? [session.publisher] : [])
         ]
         yield* Effect.forEach(channels, (channel) => closeQuietly("channel", () => channel.close()), {
@@ -428,7 +454,18 @@ export const makeBackend = (
         for (let index = 0; index < claimChannels; index++) {
           const channel = yield* call("opening a channel", () => connection.createChannel())
           watch(session, channel, "claim channel")
-          session.lanes.push({ index, channel, busy: 0, qos: 0, lock: Effect.unsafeMakeSemaphore(1) })
+          session.lanes.push({ index, channel, busy: 0 })
+        }
+        const feedChannel = yield* call("opening a channel", () => connection.createChannel())
+        watch(session, feedChannel, "feed channel")
+        session.feed = {
+          lane: { index: claimChannels, channel: feedChannel, busy: 0 },
+          consumer: undefined,
+          ready: new ReadyBuffer(Topology.maxPriority),
+          leased: 0,
+          wanted: 0,
+          lastClaim: 0,
+          lock: Effect.unsafeMakeSemaphore(1)
         }
         yield* call(`declaring queue ${names.main}`, () =>
           publisher.assertQueue(names.main, Topology.mainQueueOptions(queueName))
@@ -494,8 +531,20 @@ export const makeBackend = (
     const connectedSoon = Effect.flatMap(Clock.currentTimeMillis, (now) => connected(now + operationMillis))
 
     // The first connection belongs to the layer's scope; the supervisor below replaces it when it dies.
+    // At shutdown the feed gives back what no claim took before the channels close.
     yield* Effect.acquireRelease(Effect.interruptible(openSession).pipe(Effect.tap(install)), () =>
-      Effect.suspend(() => (state.current === undefined ? Effect.void : closeSession(state.current)))
+      Effect.suspend(() =>
+        state.current === undefined
+          ? Effect.void
+          : Effect.zipRight(
+              stopFeed(state.current).pipe(
+                Effect.interruptible,
+                Effect.timeout(Duration.millis(operationMillis)),
+                Effect.ignore
+              ),
+              closeSession(state.current)
+            )
+      )
     )
 
     yield* Effect.gen(function* () {
@@ -514,12 +563,6 @@ export const makeBackend = (
     }).pipe(
       Effect.forever,
       Effect.annotateLogs({ module: "RabbitMqQueue", queue: queueName }),
-      Effect.interruptible,
-      Effect.forkScoped
-    )
-
-    yield* Effect.flatMap(Clock.currentTimeMillis, (now) => Effect.sync(() => overdue.sweep(now))).pipe(
-      Effect.repeat(Schedule.spaced("1 second")),
       Effect.interruptible,
       Effect.forkScoped
     )
@@ -611,19 +654,21 @@ export const makeBackend = (
       }
     })
 
+    /** A received message, as this process holds it. */
+    const received = (session: Session, lane: Lane, message: Amqp.Message): Held => ({
+      id: taskIdOf(message),
+      token: `${session.id}.${lane.index}.${message.fields.deliveryTag}`,
+      session,
+      lane,
+      message,
+      attempt: countHeader(message.properties.headers, Topology.header.attempt) + 1,
+      priority: Math.min(Topology.maxPriority, Math.max(0, Number(message.properties.priority) || 0))
+    })
+
     /** Takes a received message into the lease table. */
     const hold = (session: Session, lane: Lane, message: Amqp.Message): Held => {
-      const token = `${session.id}.${lane.index}.${message.fields.deliveryTag}`
-      const held: Held = {
-        id: taskIdOf(message),
-        token,
-        session,
-        lane,
-        message,
-        attempt: countHeader(message.properties.headers, Topology.header.attempt) + 1,
-        priority: Math.min(Topology.maxPriority, Math.max(0, Number(message.properties.priority) || 0))
-      }
-      leases.set(token, held)
+      const held = received(session, lane, message)
+      leases.set(held.token, held)
       return held
     }
 
@@ -631,6 +676,8 @@ export const makeBackend = (
     const settle = (held: Held, requeue?: boolean): boolean => {
       leases.delete(held.token)
       if (!held.session.alive) return false
+      const feed = held.session.feed
+      if (feed !== undefined && held.lane === feed.lane) feed.leased--
       try {
         if (requeue === undefined) held.lane.channel.ack(held.message)
         else held.lane.channel.nack(held.message, false, requeue)
@@ -684,68 +731,168 @@ export const makeBackend = (
         }
       })
 
+    /** Wakes the claims waiting on a session's feed. */
+    const wakeAll = (session: Session) => {
+      for (const wake of session.waiters) wake()
+      session.waiters.clear()
+    }
+
+    /** Wakes the claim that has waited longest on a session's feed: one per delivery, not a herd. */
+    const wakeOne = (session: Session) => {
+      for (const wake of session.waiters) {
+        session.waiters.delete(wake)
+        return wake()
+      }
+    }
+
     /**
-     * Takes up to `n` tasks on a consumer of its own with a prefetch of `n`: the broker hands it
-     * the `n` most urgent ready tasks at once, in order, or the first to arrive when none is
-     * ready. It is cancelled after the first delivery, or after `millis` (at once when 0); the
-     * broker sends every delivery it made to a consumer before the reply to its cancel, so
-     * whatever it took is in `out` once that reply is in.
+     * Starts the feed's consumer, or replaces it by one with a larger prefetch, so that the feed
+     * can hold at once what the process's claims hold and ask for: the next power of two at or
+     * above that, at most 4096. Deliveries of a replaced consumer stay valid (same
+     * channel), and those no claim took stay in the feed. Not interruptible: a consumer the broker
+     * registered is always recorded.
      */
-    const consumeInto = (session: Session, lane: Lane, n: number, millis: number, out: Array<Held>) => {
-      const arrived = Deferred.unsafeMake<void>(FiberId.none)
-      const wake = () => Deferred.unsafeDone(arrived, Exit.void)
-      let stopped = false
-      return Effect.acquireUseRelease(
-        lane.lock.withPermits(1)(
-          Effect.gen(function* () {
-            if (lane.qos !== n) {
-              yield* call("basic.qos", () => lane.channel.prefetch(n, false))
-              lane.qos = n
-            }
-            session.waiters.add(wake)
-            return yield* call("basic.consume", () =>
-              lane.channel.consume(
-                names.main,
-                (message) => {
-                  if (message === null) return wake()
-                  if (stopped) {
-                    // Only after a cancel that timed out: give it straight back.
-                    try {
-                      lane.channel.nack(message, false, true)
-                    } catch {}
-                    return
-                  }
-                  out.push(hold(session, lane, message))
-                  wake()
-                },
-                { noAck: false }
+    const ensureConsumer = (session: Session, feed: Feed) =>
+      feed.consumer !== undefined && feed.consumer.prefetch >= feed.leased + feed.wanted
+        ? Effect.void
+        : feed.lock.withPermits(1)(
+            Effect.gen(function* () {
+              const current = feed.consumer
+              const demand = feed.leased + feed.wanted
+              if (!session.alive || (current !== undefined && current.prefetch >= demand)) return
+              let prefetch = 1
+              while (prefetch < Math.min(demand, maxFeedPrefetch)) prefetch *= 2
+              const { channel } = feed.lane
+              yield* call("basic.qos", () => channel.prefetch(prefetch, false))
+              const self = { tag: "" }
+              const { consumerTag } = yield* call("basic.consume", () =>
+                channel.consume(
+                  names.main,
+                  (message) => {
+                    if (message === null) {
+                      // The broker cancelled it (its queue was deleted): the next claim starts another.
+                      if (feed.consumer?.tag === self.tag) feed.consumer = undefined
+                    } else {
+                      const held = received(session, feed.lane, message)
+                      feed.ready.push(held.priority, held)
+                      return wakeOne(session)
+                    }
+                    wakeAll(session)
+                  },
+                  { noAck: false }
+                )
               )
-            )
-          })
-        ),
-        () =>
-          millis > 0
-            ? Deferred.await(arrived).pipe(Effect.timeoutOption(Duration.millis(millis)))
-            : Effect.void,
-        (consumer) =>
+              self.tag = consumerTag
+              feed.consumer = { tag: consumerTag, prefetch }
+              if (current !== undefined) {
+                yield* call("basic.cancel", () => channel.cancel(current.tag))
+              }
+            }).pipe(Effect.uninterruptible)
+          )
+
+    /**
+     * Stops the feed's consumer and hands what it holds and no claim took to `f`, all under the
+     * feed's lock: after the broker's reply to the cancel, every delivery it made is in the feed.
+     * Claims that come in meanwhile start the next consumer afterwards.
+     */
+    const pauseFeed = <A, E>(session: Session, f: (unclaimed: Array<Held>) => Effect.Effect<A, E>) =>
+      Effect.suspend(() => {
+        const feed = session.feed!
+        return feed.lock.withPermits(1)(
           Effect.gen(function* () {
-            session.waiters.delete(wake)
-            if (session.alive) {
-              yield* call("basic.cancel", () => lane.channel.cancel(consumer.consumerTag)).pipe(
+            const consumer = feed.consumer
+            feed.consumer = undefined
+            if (consumer !== undefined && session.alive) {
+              yield* call("basic.cancel", () => feed.lane.channel.cancel(consumer.tag)).pipe(
                 Effect.interruptible,
                 Effect.timeout(Duration.millis(operationMillis)),
                 Effect.ignore
               )
             }
-            stopped = true
-          })
+            return yield* f(feed.ready.takeAll())
+          }).pipe(Effect.ensuring(Effect.sync(() => wakeAll(session))), Effect.uninterruptible)
+        )
+      })
+
+    /**
+     * Stops the feed and gives back what no claim took: a copy of each, the same attempt (the
+     * next one if the broker had redelivered it), then the original is acked. If the copies cannot
+     * be published the originals go back to the broker, redelivered.
+     */
+    const stopFeed = (session: Session) =>
+      pauseFeed(session, (unclaimed) =>
+        Effect.gen(function* () {
+          if (unclaimed.length === 0 || !session.alive) return
+          const copies = unclaimed.map((held) =>
+            copyOf(held, names.main, {
+              [Topology.header.attempt]: held.message.fields.redelivered ? held.attempt : held.attempt - 1
+            })
+          )
+          const returned = yield* Effect.exit(
+            publishAll(session, `return of ${unclaimed.length} unclaimed tasks`, copies).pipe(
+              Effect.interruptible,
+              Effect.timeout(Duration.millis(operationMillis))
+            )
+          )
+          for (const held of unclaimed) {
+            try {
+              if (Exit.isSuccess(returned)) held.lane.channel.ack(held.message)
+              else held.lane.channel.nack(held.message, false, true)
+            } catch {}
+          }
+        })
       )
+
+    /** Moves up to `max` of the feed's deliveries into `out`, leased. */
+    const takeReady = (feed: Feed, max: number, out: Array<Held>) => {
+      const from = out.length
+      feed.ready.take(max, out)
+      for (let i = from; i < out.length; i++) leases.set(out[i]!.token, out[i]!)
+      feed.leased += out.length - from
     }
 
-    /** Gives back what an unfinished claim holds (the broker marks it redelivered). */
+    /**
+     * Waits until the feed delivers (one wake-up per delivery) or the session dies, at most
+     * `millis`. An interrupted claim passes a wake-up on while deliveries wait.
+     */
+    const arrival = (session: Session, feed: Feed, millis: number) =>
+      Effect.async<void>((resume) => {
+        if (!session.alive) return resume(Effect.void)
+        // One plain timer: `Effect.timeout` would cost a fiber per wait.
+        const timer = setTimeout(() => {
+          session.waiters.delete(wake)
+          resume(Effect.void)
+        }, millis)
+        const wake = () => {
+          clearTimeout(timer)
+          resume(Effect.void)
+        }
+        session.waiters.add(wake)
+        return Effect.sync(() => {
+          clearTimeout(timer)
+          session.waiters.delete(wake)
+          // Interrupted, perhaps just after its wake-up: what woke it goes to the next claim.
+          if (feed.ready.size > 0) wakeOne(session)
+        })
+      })
+
+    /**
+     * Gives back what an unfinished claim holds: the feed's deliveries go back into the feed
+     * (ahead of the others of their priority), those of `basic.get` to the broker (redelivered).
+     */
     const releaseAll = (out: Array<Held>) =>
       Effect.sync(() => {
-        for (const held of out) if (leases.get(held.token) === held) settle(held, true)
+        for (const held of out) {
+          if (leases.get(held.token) !== held) continue
+          const feed = held.session.feed
+          if (feed !== undefined && held.lane === feed.lane && held.session.alive) {
+            leases.delete(held.token)
+            feed.leased--
+            feed.ready.putBack(held.priority, held)
+          } else {
+            settle(held, true)
+          }
+        }
         out.length = 0
       })
 
@@ -775,6 +922,11 @@ export const makeBackend = (
       token: held.token
     })
 
+    /**
+     * Takes what the feed holds, up to `max`. With nothing there, a claim that may wait starts (or
+     * grows) the feed's consumer and waits for its deliveries; one that may not asks the broker
+     * for the head of the queue with `basic.get`.
+     */
     const claim = (
       max: number,
       timeout: Duration.Duration
@@ -784,22 +936,31 @@ export const makeBackend = (
         const deadline = (yield* Clock.currentTimeMillis) + Duration.toMillis(timeout)
         for (;;) {
           const session = yield* connected(deadline)
-          // The least busy lane, one whose consumers already get this prefetch if it can.
-          const lane = session.lanes.reduce((a, b) =>
-            b.busy < a.busy || (b.busy === a.busy && b.qos === max && a.qos !== max) ? b : a
-          )
-          lane.busy++
+          const feed = session.feed!
           const round = Effect.gen(function* () {
-            if (max === 1) {
-              yield* getOne(session, lane, out)
-              if (out.length > 0) return
+            const now = yield* Clock.currentTimeMillis
+            feed.lastClaim = now
+            if (deadline <= now) {
+              takeReady(feed, max, out)
+              if (out.length === 0) {
+                const lane = session.lanes.reduce((a, b) => (b.busy < a.busy ? b : a))
+                lane.busy++
+                yield* getOne(session, lane, out).pipe(Effect.ensuring(Effect.sync(() => lane.busy--)))
+              }
+            } else {
+              // What this claim asks for counts toward the feed's prefetch while it runs.
+              feed.wanted += max
+              yield* Effect.gen(function* () {
+                yield* ensureConsumer(session, feed)
+                takeReady(feed, max, out)
+                if (out.length === 0) {
+                  yield* arrival(session, feed, deadline - now)
+                  takeReady(feed, max, out)
+                }
+              }).pipe(Effect.ensuring(Effect.sync(() => (feed.wanted -= max))))
             }
-            const remaining = deadline - (yield* Clock.currentTimeMillis)
-            if (max === 1 && remaining <= 0) return
-            yield* consumeInto(session, lane, max, Math.max(0, remaining), out)
             yield* bumpRedelivered(out)
           }).pipe(
-            Effect.ensuring(Effect.sync(() => lane.busy--)),
             // A session that died under the claim: wait for the next one until the deadline.
             Effect.catchAll((error) => (session.alive ? Effect.fail(error) : Effect.void))
           )
@@ -883,37 +1044,57 @@ export const makeBackend = (
         if (!settle(held)) return yield* lost(id)
       })
 
+    /**
+     * The tasks pending for this process: ready in `<q>`, and delivered to the feed and not
+     * claimed. While the feed's consumer has room the broker may be delivering as it counts, so a
+     * task can be missed or counted twice for a moment (the README says so).
+     */
+    const pendingOf = (session: Session) =>
+      call(`declaring queue ${names.main}`, () =>
+        session
+          .publisher!.assertQueue(names.main, declarationOf(names.main))
+          .then((reply) => reply.messageCount + (session.feed?.ready.size ?? 0))
+      )
+
     const stats: Effect.Effect<QueueStats, QueueError> = Effect.gen(function* () {
       const session = yield* connectedSoon
-      const [main, dead, ...delays] = yield* declareAll(session, [
-        names.main,
-        names.dead,
-        ...Topology.delayBuckets.map(names.delay)
-      ])
+      const [pending, [dead, ...delays]] = yield* Effect.all(
+        [pendingOf(session), declareAll(session, [names.dead, ...Topology.delayBuckets.map(names.delay)])],
+        { concurrency: "unbounded" }
+      )
       let inFlight = 0
       for (const held of leases.values()) if (held.session.alive) inFlight++
       return {
-        pending: main!.messageCount,
+        pending,
         inFlight,
         delayed: delays.reduce((sum, reply) => sum + reply.messageCount, 0),
         dead: dead!.messageCount
       }
     })
 
-    const clear: Effect.Effect<number, QueueError> = Effect.gen(function* () {
-      const session = yield* connectedSoon
-      const publisher = session.publisher!
-      const delays = yield* declareAll(session, Topology.delayBuckets.map(names.delay))
-      const purged = yield* call("queue.purge", () =>
-        Promise.all([
-          publisher.purgeQueue(names.main),
-          ...delays
-            .filter((reply) => reply.messageCount > 0)
-            .map((reply) => publisher.purgeQueue(reply.queue))
-        ])
+    // The feed stops first: what it holds and no claim took is pending too, and is acked away.
+    const clear: Effect.Effect<number, QueueError> = Effect.flatMap(connectedSoon, (session) =>
+      pauseFeed(session, (unclaimed) =>
+        Effect.gen(function* () {
+          const publisher = session.publisher!
+          const delays = yield* declareAll(session, Topology.delayBuckets.map(names.delay))
+          const purged = yield* call("queue.purge", () =>
+            Promise.all([
+              publisher.purgeQueue(names.main),
+              ...delays
+                .filter((reply) => reply.messageCount > 0)
+                .map((reply) => publisher.purgeQueue(reply.queue))
+            ])
+          )
+          for (const held of unclaimed) {
+            try {
+              held.lane.channel.ack(held.message)
+            } catch {}
+          }
+          return purged.reduce((sum, reply) => sum + reply.messageCount, unclaimed.length)
+        })
       )
-      return purged.reduce((sum, reply) => sum + reply.messageCount, 0)
-    })
+    )
 
     // Reading dead letters takes them from the queue for a moment; one reader at a time per process.
     const deadLock = yield* Effect.makeSemaphore(1)
@@ -1006,6 +1187,28 @@ export const makeBackend = (
           }
         })
       )
+
+    // Once a second: fail overdue confirms, and stop a feed no claim has used for a while.
+    yield* Effect.gen(function* () {
+      const now = yield* Clock.currentTimeMillis
+      overdue.sweep(now)
+      const session = state.current
+      const feed = session?.feed
+      if (
+        session?.alive === true &&
+        feed?.consumer !== undefined &&
+        feed.wanted === 0 &&
+        now - feed.lastClaim >= feedIdleMillis
+      ) {
+        yield* stopFeed(session)
+      }
+    }).pipe(
+      Effect.catchAllCause((cause) => Effect.logWarning("stopping an idle RabbitMQ feed failed", cause)),
+      Effect.repeat(Schedule.spaced("1 second")),
+      Effect.annotateLogs({ module: "RabbitMqQueue", queue: queueName }),
+      Effect.interruptible,
+      Effect.forkScoped
+    )
 
     const backend: QueueBackend = {
       kind: "rabbitmq",
