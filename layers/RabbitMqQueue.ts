@@ -948,16 +948,23 @@ export const makeBackend = (
                 yield* getOne(session, lane, out).pipe(Effect.ensuring(Effect.sync(() => lane.busy--)))
               }
             } else {
-              // What this claim asks for counts toward the feed's prefetch while it runs.
-              feed.wanted += max
+              // What this claim still asks for counts toward the feed's prefetch (what it took is leased).
+              let asked = max
+              feed.wanted += asked
+              const take = () => {
+                const before = out.length
+                takeReady(feed, max, out)
+                feed.wanted -= out.length - before
+                asked -= out.length - before
+              }
               yield* Effect.gen(function* () {
                 yield* ensureConsumer(session, feed)
-                takeReady(feed, max, out)
+                take()
                 if (out.length === 0) {
                   yield* arrival(session, feed, deadline - now)
-                  takeReady(feed, max, out)
+                  take()
                 }
-              }).pipe(Effect.ensuring(Effect.sync(() => (feed.wanted -= max))))
+              }).pipe(Effect.ensuring(Effect.sync(() => (feed.wanted -= asked))))
             }
             yield* bumpRedelivered(out)
           }).pipe(
