@@ -184,6 +184,10 @@ interface Feed {
   readonly ready: ReadyBuffer<Held>
   /** Deliveries of this feed leased to claimers and not yet settled. */
   leased: number
+  /** Delivery tags of the feed's channel not yet acked or nacked, in delivery order (ascending). */
+  readonly outstanding: Set<number>
+  /** Tags to ack at the end of this turn (see `flushAcks`). */
+  due: Array<number>
   /** The sum of `max` over the claims waiting on the feed. */
   wanted: number
   /** When a claim last started (epoch ms), for the idle stop. */
@@ -250,6 +254,9 @@ const publishOptions = (message: Outgoing): Amqp.Options.Publish => {
 const taskIdOf = (message: Amqp.Message): string =>
   stringHeader(message.properties.headers, Topology.header.taskId) ??
   (typeof message.properties.messageId === "string" ? message.properties.messageId : "")
+
+/** What amqplib's `ack` reads of a message: its delivery tag. */
+const deliveryOf = (deliveryTag: number) => ({ fields: { deliveryTag } }) as Amqp.Message
 
 const returnKey = (routingKey: string, id: string) => `${routingKey}\u0000${id}`
 
@@ -463,6 +470,8 @@ export const makeBackend = (
           consumer: undefined,
           ready: new ReadyBuffer(Topology.maxPriority),
           leased: 0,
+          outstanding: new Set(),
+          due: [],
           wanted: 0,
           lastClaim: 0,
           lock: Effect.unsafeMakeSemaphore(1)
@@ -672,12 +681,53 @@ export const makeBackend = (
       return held
     }
 
+    /**
+     * Sends the feed's acks of this turn: those that lead its outstanding deliveries as one ack
+     * with `multiple` (the broker's work per ack is what bounds a drain: a multiple ack made bare
+     * amqplib's drain 1.5x as fast here), the others one by one.
+     */
+    const flushAcks = (feed: Feed) => {
+      const due = feed.due
+      feed.due = []
+      const dueTags = new Set(due)
+      let upTo = -1
+      for (const tag of feed.outstanding) {
+        if (!dueTags.has(tag)) break
+        upTo = tag
+      }
+      try {
+        if (upTo >= 0) feed.lane.channel.ack(deliveryOf(upTo), true)
+        for (const tag of due) if (tag > upTo) feed.lane.channel.ack(deliveryOf(tag))
+      } catch {}
+      for (const tag of due) feed.outstanding.delete(tag)
+    }
+
+    /** Acks a delivery of the feed at the end of this turn, with the turn's other acks. */
+    const ackLater = (feed: Feed, held: Held) => {
+      if (feed.due.push(held.message.fields.deliveryTag) === 1) queueMicrotask(() => flushAcks(feed))
+      return true
+    }
+
+    /** Nacks a delivery of the feed at once; it leaves the outstanding ones. */
+    const nackNow = (feed: Feed, held: Held, requeue: boolean) => {
+      feed.outstanding.delete(held.message.fields.deliveryTag)
+      try {
+        feed.lane.channel.nack(held.message, false, requeue)
+        return true
+      } catch {
+        return false
+      }
+    }
+
     /** Acks a held message on the channel that delivered it; `false` when that channel is gone. */
     const settle = (held: Held, requeue?: boolean): boolean => {
       leases.delete(held.token)
       if (!held.session.alive) return false
       const feed = held.session.feed
-      if (feed !== undefined && held.lane === feed.lane) feed.leased--
+      if (feed !== undefined && held.lane === feed.lane) {
+        feed.leased--
+        return requeue === undefined ? ackLater(feed, held) : nackNow(feed, held, requeue)
+      }
       try {
         if (requeue === undefined) held.lane.channel.ack(held.message)
         else held.lane.channel.nack(held.message, false, requeue)
@@ -774,6 +824,7 @@ export const makeBackend = (
                       if (feed.consumer?.tag === self.tag) feed.consumer = undefined
                     } else {
                       const held = received(session, feed.lane, message)
+                      feed.outstanding.add(message.fields.deliveryTag)
                       feed.ready.push(held.priority, held)
                       return wakeOne(session)
                     }
@@ -834,11 +885,10 @@ export const makeBackend = (
               Effect.timeout(Duration.millis(operationMillis))
             )
           )
+          const feed = session.feed!
           for (const held of unclaimed) {
-            try {
-              if (Exit.isSuccess(returned)) held.lane.channel.ack(held.message)
-              else held.lane.channel.nack(held.message, false, true)
-            } catch {}
+            if (Exit.isSuccess(returned)) ackLater(feed, held)
+            else nackNow(feed, held, true)
           }
         })
       )
@@ -1093,11 +1143,7 @@ export const makeBackend = (
                 .map((reply) => publisher.purgeQueue(reply.queue))
             ])
           )
-          for (const held of unclaimed) {
-            try {
-              held.lane.channel.ack(held.message)
-            } catch {}
-          }
+          for (const held of unclaimed) ackLater(session.feed!, held)
           return purged.reduce((sum, reply) => sum + reply.messageCount, unclaimed.length)
         })
       )
@@ -1240,6 +1286,14 @@ export const makeBackend = (
           const held = holding(id, token)
           return held !== undefined && settle(held) ? Effect.void : Effect.fail(lost(id))
         }),
+      // Acks are frames the broker does not answer: a batch of them is one loop, not an effect each.
+      ackMany: (acks) =>
+        Effect.sync(() =>
+          acks.map(({ id, token }) => {
+            const held = holding(id, token)
+            return held !== undefined && settle(held)
+          })
+        ),
       nack: giveBack,
       release: (id, token) =>
         giveBack(id, token, { requeue: true, delayMillis: 0, error: undefined, release: true }),

@@ -281,7 +281,8 @@ await describeWithServer("RabbitMQ", rabbitmqUrl, "RabbitMQ backend", () => {
             Effect.flatten,
             Effect.flatMap((delivery) => delivery.ack)
           )
-          // Its ack made room in a's feed: the broker delivered the next task there.
+          // Its ack made room in a's feed: the broker delivers the next task there.
+          yield* Effect.sleep(Duration.millis(100))
           const got = yield* b.pull(Duration.zero).pipe(Effect.flatten)
           expect(got.message.taskId).toBe("f3")
           expect(Option.isNone(yield* b.pull(Duration.zero))).toBe(true)
@@ -289,6 +290,48 @@ await describeWithServer("RabbitMQ", rabbitmqUrl, "RabbitMQ backend", () => {
           const back = yield* b.pull(Duration.seconds(5)).pipe(Effect.flatten)
           expect([back.message.taskId, back.message.attempt]).toEqual(["f2", 1])
           expect((yield* a.stats).pending).toBe(0)
+        })
+      )
+    )
+
+    it.live("acks in any order, one turn or several, settle each task once: none comes back", () =>
+      onQueue((queueName) =>
+        Effect.gen(function* () {
+          // Groups of positions acked together (one turn each): heads, tails and gaps of the batch.
+          const orders: ReadonlyArray<ReadonlyArray<ReadonlyArray<number>>> = [
+            [[4, 2], [0], [1, 3]],
+            [[0, 1, 2, 3, 4]],
+            [[3], [1], [4, 0, 2]],
+            [
+              [1, 2],
+              [0, 4, 3]
+            ]
+          ]
+          for (const [round, groups] of orders.entries()) {
+            yield* Effect.scoped(
+              Effect.gen(function* () {
+                const queue = yield* instance(queueName)
+                yield* queue.pushBatch(
+                  Array.from({ length: 5 }, (_, n) => ({ taskId: `r${round}-${n}`, data: n }))
+                )
+                // A claim answers with what has arrived: claim until all five are held.
+                const batch: Array<QM.Delivery> = []
+                while (batch.length < 5)
+                  batch.push(...(yield* queue.pullBatch(5 - batch.length, Duration.seconds(5))))
+                for (const group of groups) {
+                  yield* Effect.all(
+                    group.map((n) => batch[n]!.ack),
+                    { concurrency: "unbounded" }
+                  )
+                  yield* Effect.sleep(Duration.millis(20))
+                }
+                expect((yield* queue.stats).inFlight).toBe(0)
+              })
+            )
+            // Anything left unacked would be redelivered once the holder's channel closed.
+            const other = yield* instance(queueName)
+            expect(Option.isNone(yield* other.pull(Duration.millis(200)))).toBe(true)
+          }
         })
       )
     )
