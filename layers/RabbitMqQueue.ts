@@ -188,7 +188,7 @@ interface Feed {
   readonly outstanding: Set<number>
   /** Tags to ack at the end of this turn (see `flushAcks`). */
   due: Array<number>
-  /** The sum of `max` over the claims waiting on the feed. */
+  /** What the claims running on the feed still ask for (the sum of their `max`, less what they took). */
   wanted: number
   /** When a claim last started (epoch ms), for the idle stop. */
   lastClaim: number
