@@ -5,81 +5,15 @@
  * is not there at all. Only this suite's own connections are closed (found by their
  * `connection_name`), so other suites can run meanwhile.
  */
-import { execFile } from "node:child_process"
 import { type AddressInfo, createServer, type Socket, connect as tcpConnect } from "node:net"
-import { promisify } from "node:util"
 import { describe, expect, it } from "@effect/vitest"
-import { connect } from "amqplib"
-import {
-  Cause,
-  Context,
-  Duration,
-  Effect,
-  Either,
-  Exit,
-  Fiber,
-  Layer,
-  Option,
-  Schedule,
-  type Scope
-} from "effect"
+import { Cause, Duration, Effect, Either, Exit, Fiber, Layer, Option, Schedule, type Scope } from "effect"
 import * as RabbitMqQueue from "../layers/RabbitMqQueue.js"
-import * as Topology from "../layers/rabbitmq/Topology.js"
 import { QueueError } from "../src/Errors.js"
 import * as QM from "../src/QueueManager.js"
 import { drain, uniqueQueueName } from "./conformance.js"
+import { cleanup, dropConnections, instance, withChannel } from "./fixtures/rabbitmq.js"
 import { describeWithServer, rabbitmqUrl } from "./services.js"
-
-const exec = promisify(execFile)
-
-/** `rabbitmqctl` on the broker's host; `RABBITMQCTL` overrides (e.g. `docker exec rabbitmq rabbitmqctl`). */
-const rabbitmqctl = (...args: ReadonlyArray<string>) => {
-  const [command, ...prefix] = (process.env.RABBITMQCTL ?? "rabbitmqctl").split(" ")
-  return exec(command!, [...prefix, ...args])
-}
-
-/** A confirm channel of the test's own, closed (with its connection) after `f`. */
-const withChannel = <A>(f: (channel: import("amqplib").ConfirmChannel) => Promise<A>) =>
-  Effect.acquireUseRelease(
-    Effect.tryPromise(async () => {
-      const connection = await connect(rabbitmqUrl)
-      connection.on("error", () => {})
-      const channel = await connection.createConfirmChannel()
-      channel.on("error", () => {})
-      return { connection, channel }
-    }),
-    ({ channel }) => Effect.tryPromise(() => f(channel)),
-    ({ connection }) => Effect.promise(() => connection.close().catch(() => {}))
-  )
-
-const cleanup = (queueName: string) =>
-  withChannel(async (channel) => {
-    for (const queue of Topology.allQueues(queueName)) await channel.deleteQueue(queue)
-  })
-
-/** Closes, on the broker, every connection the backend opened for `queueName`; returns how many. */
-const dropConnections = (queueName: string) =>
-  Effect.tryPromise(async () => {
-    const { stdout } = await rabbitmqctl(
-      "-q",
-      "list_connections",
-      "--no-table-headers",
-      "pid",
-      "client_properties"
-    )
-    const needle = `{"connection_name","${RabbitMqQueue.connectionName(queueName)}"}`
-    const pids = stdout
-      .split("\n")
-      .filter((line) => line.includes(needle))
-      .map((line) => line.split("\t")[0]!)
-    await Promise.all(pids.map((pid) => rabbitmqctl("close_connection", pid, "test: connection dropped")))
-    return pids.length
-  })
-
-const instance = (queueName: string, options: Partial<RabbitMqQueue.RabbitMqQueueOptions> = {}) =>
-  Layer.build(RabbitMqQueue.layer({ queueName, rabbitmqUrl, ...options })).pipe(
-    Effect.map(Context.get(QM.QueueManager))
-  )
 
 const onQueue = <A, E>(f: (queueName: string) => Effect.Effect<A, E, Scope.Scope>) => {
   const queueName = uniqueQueueName("rmq-fault")

@@ -3,44 +3,14 @@
  * documents), then what only RabbitMQ has (topology, message properties, headers, several
  * processes on one queue, unroutable publishes, the backend selector).
  */
-import { execFile } from "node:child_process"
-import { promisify } from "node:util"
 import { describe, expect, it } from "@effect/vitest"
-import { connect } from "amqplib"
 import { ConfigProvider, Context, Duration, Effect, Either, Layer, Option, type Scope } from "effect"
 import * as RabbitMqQueue from "../layers/RabbitMqQueue.js"
 import * as Topology from "../layers/rabbitmq/Topology.js"
 import * as QM from "../src/QueueManager.js"
 import { conformance, drain, uniqueQueueName } from "./conformance.js"
+import { cleanup, dropConnections, instance, withChannel } from "./fixtures/rabbitmq.js"
 import { describeWithServer, rabbitmqUrl } from "./services.js"
-
-const exec = promisify(execFile)
-
-/** `rabbitmqctl` on the broker's host; `RABBITMQCTL` overrides (e.g. `docker exec rabbitmq rabbitmqctl`). */
-const rabbitmqctl = (...args: ReadonlyArray<string>) => {
-  const [command, ...prefix] = (process.env.RABBITMQCTL ?? "rabbitmqctl").split(" ")
-  return exec(command!, [...prefix, ...args])
-}
-
-/** A confirm channel of the test's own, closed (with its connection) after `f`. */
-const withChannel = <A>(f: (channel: import("amqplib").ConfirmChannel) => Promise<A>) =>
-  Effect.acquireUseRelease(
-    Effect.tryPromise(async () => {
-      const connection = await connect(rabbitmqUrl)
-      connection.on("error", () => {})
-      const channel = await connection.createConfirmChannel()
-      channel.on("error", () => {})
-      return { connection, channel }
-    }),
-    ({ channel }) => Effect.tryPromise(() => f(channel)),
-    ({ connection }) => Effect.promise(() => connection.close().catch(() => {}))
-  )
-
-/** Deletes every queue the backend may have declared for `queueName`. */
-const cleanup = (queueName: string) =>
-  withChannel(async (channel) => {
-    for (const queue of Topology.allQueues(queueName)) await channel.deleteQueue(queue)
-  })
 
 /** Publishes a raw body straight onto the main queue. */
 const plant = (queueName: string, id: string | undefined, priority: number, body: string) =>
@@ -52,31 +22,6 @@ const plant = (queueName: string, id: string | undefined, priority: number, body
     })
     await channel.waitForConfirms()
   })
-
-/** Closes, on the broker, every connection the backend opened for `queueName`; returns how many. */
-const dropConnections = (queueName: string) =>
-  Effect.tryPromise(async () => {
-    const { stdout } = await rabbitmqctl(
-      "-q",
-      "list_connections",
-      "--no-table-headers",
-      "pid",
-      "client_properties"
-    )
-    const needle = `{"connection_name","${RabbitMqQueue.connectionName(queueName)}"}`
-    const pids = stdout
-      .split("\n")
-      .filter((line) => line.includes(needle))
-      .map((line) => line.split("\t")[0]!)
-    for (const pid of pids) await rabbitmqctl("close_connection", pid, "test: connection dropped")
-    return pids.length
-  })
-
-/** One "process": a queue service built in the current scope. */
-const instance = (queueName: string, options: Partial<RabbitMqQueue.RabbitMqQueueOptions> = {}) =>
-  Layer.build(RabbitMqQueue.layer({ queueName, rabbitmqUrl, ...options })).pipe(
-    Effect.map(Context.get(QM.QueueManager))
-  )
 
 /** Runs `f` on a fresh queue name and deletes its queues afterwards. */
 const onQueue = <A, E>(f: (queueName: string) => Effect.Effect<A, E, Scope.Scope>) => {

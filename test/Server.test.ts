@@ -5,7 +5,6 @@
  */
 import { HttpServer } from "@effect/platform"
 import { describe, expect, it } from "@effect/vitest"
-import { connect } from "amqplib"
 import { Data, Duration, Effect, Layer, Option, Schema } from "effect"
 import { Redis } from "ioredis"
 import * as MemoryQueue from "../layers/MemoryQueue.js"
@@ -13,7 +12,6 @@ import * as MemoryTaskStore from "../layers/MemoryTaskStore.js"
 import * as RabbitMqQueue from "../layers/RabbitMqQueue.js"
 import * as RedisQueue from "../layers/RedisQueue.js"
 import * as RedisTaskStore from "../layers/RedisTaskStore.js"
-import * as Topology from "../layers/rabbitmq/Topology.js"
 import { serverLayer, serverUrl } from "../programs/server.js"
 import { QueueError } from "../src/Errors.js"
 import * as Pipeline from "../src/Pipeline.js"
@@ -22,6 +20,7 @@ import { maxDataBytes } from "../src/Task.js"
 import { TaskStore } from "../src/TaskStore.js"
 import { TaskWorker } from "../src/TaskWorker.js"
 import { uniqueQueueName } from "./conformance.js"
+import { cleanup as cleanupRabbitMq } from "./fixtures/rabbitmq.js"
 import { describeWithServer, rabbitmqUrl, redisUrl } from "./services.js"
 
 /** A backend under test: the queue and store layers on a queue name, and how to clean up after. */
@@ -73,27 +72,13 @@ const redis: Backend = {
   cleanup: cleanupRedis
 }
 
-/** Deletes every queue the RabbitMQ backend may have declared for the queue. */
-const cleanupRabbitMq = (queueName: string) =>
-  Effect.promise(async () => {
-    const connection = await connect(rabbitmqUrl)
-    connection.on("error", () => {})
-    try {
-      const channel = await connection.createChannel()
-      channel.on("error", () => {})
-      for (const queue of Topology.allQueues(queueName)) await channel.deleteQueue(queue)
-    } finally {
-      await connection.close().catch(() => {})
-    }
-  })
-
 /** RabbitMQ with the store it gets by default (memory: `TASK_STORE` defaults to redis only on Redis). */
 const rabbitmq: Backend = {
   name: "rabbitmq",
   idempotentPush: false,
   layer: (queueName) =>
     Layer.merge(RabbitMqQueue.layer({ queueName, rabbitmqUrl, leaseDuration }), MemoryTaskStore.layer()),
-  cleanup: cleanupRabbitMq
+  cleanup: (queueName) => Effect.orDie(cleanupRabbitMq(queueName))
 }
 
 /** What a response looked like to a client. */

@@ -11,14 +11,13 @@ import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { fileURLToPath } from "node:url"
 import { expect, it } from "@effect/vitest"
-import * as amqp from "amqplib"
 import { Effect, Layer, ManagedRuntime, Option } from "effect"
 import { Redis } from "ioredis"
-import * as Topology from "../layers/rabbitmq/Topology.js"
 import { QueueManager } from "../src/QueueManager.js"
 import type { TaskRecord } from "../src/Task.js"
 import { TaskStore } from "../src/TaskStore.js"
 import { uniqueQueueName } from "./conformance.js"
+import { cleanup as cleanupRabbitMq } from "./fixtures/rabbitmq.js"
 import { describeWithServer, rabbitmqUrl, redisUrl } from "./services.js"
 
 const root = fileURLToPath(new URL("..", import.meta.url))
@@ -92,16 +91,6 @@ const redisCleanup = async (queueName: string) => {
   }
 }
 
-const rabbitCleanup = async (queueName: string) => {
-  const connection = await amqp.connect(rabbitmqUrl)
-  try {
-    const channel = await connection.createChannel()
-    for (const queue of Topology.allQueues(queueName)) await channel.deleteQueue(queue)
-  } finally {
-    await connection.close()
-  }
-}
-
 const backends: Record<Backend["name"], Backend> = {
   redis: {
     name: "redis",
@@ -112,7 +101,7 @@ const backends: Record<Backend["name"], Backend> = {
     name: "rabbitmq",
     env: { QUEUE_BACKEND: "rabbitmq", RABBITMQ_URL: rabbitmqUrl, TASK_STORE: "redis", REDIS_URL: redisUrl },
     cleanup: async (queueName) => {
-      await rabbitCleanup(queueName)
+      await Effect.runPromise(cleanupRabbitMq(queueName))
       await redisCleanup(queueName)
     }
   }
