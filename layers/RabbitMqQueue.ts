@@ -215,6 +215,20 @@ class Session {
   ) {}
 }
 
+/** Wakes the claims waiting on a session's feed. */
+const wakeAll = (session: Session) => {
+  for (const wake of session.waiters) wake()
+  session.waiters.clear()
+}
+
+/** Wakes the claim that has waited longest on a session's feed: one per delivery, not a herd. */
+const wakeOne = (session: Session) => {
+  for (const wake of session.waiters) {
+    session.waiters.delete(wake)
+    return wake()
+  }
+}
+
 /** A delivery this process holds: leased to a claimer (or being taken by a claim). */
 interface Held {
   readonly id: string
@@ -387,8 +401,7 @@ export const makeBackend = (
       session.cause = cause
       lastError = cause
       for (const [token, held] of leases) if (held.session === session) leases.delete(token)
-      for (const wake of session.waiters) wake()
-      session.waiters.clear()
+      wakeAll(session)
       Deferred.unsafeDone(session.closed, Exit.void)
     }
 
@@ -781,20 +794,6 @@ export const makeBackend = (
         }
       })
 
-    /** Wakes the claims waiting on a session's feed. */
-    const wakeAll = (session: Session) => {
-      for (const wake of session.waiters) wake()
-      session.waiters.clear()
-    }
-
-    /** Wakes the claim that has waited longest on a session's feed: one per delivery, not a herd. */
-    const wakeOne = (session: Session) => {
-      for (const wake of session.waiters) {
-        session.waiters.delete(wake)
-        return wake()
-      }
-    }
-
     /**
      * Starts the feed's consumer, or replaces it by one with a larger prefetch, so that the feed
      * can hold at once what the process's claims hold and ask for: the next power of two at or
@@ -1041,6 +1040,12 @@ export const makeBackend = (
       return held !== undefined && held.id === id && held.session.alive ? held : undefined
     }
 
+    /** Acks the delivery behind a token; `false` when it is no longer held. */
+    const ackHeld = (id: string, token: string) => {
+      const held = holding(id, token)
+      return held !== undefined && settle(held)
+    }
+
     /**
      * Gives a held message back: a copy goes where `options` say (requeued with this attempt
      * counted, or not counted when `release`; delayed; dead), then the original is acked.
@@ -1281,19 +1286,9 @@ export const makeBackend = (
           return tasks.map(() => true)
         }),
       claim,
-      ack: (id, token) =>
-        Effect.suspend(() => {
-          const held = holding(id, token)
-          return held !== undefined && settle(held) ? Effect.void : Effect.fail(lost(id))
-        }),
+      ack: (id, token) => Effect.suspend(() => (ackHeld(id, token) ? Effect.void : Effect.fail(lost(id)))),
       // Acks are frames the broker does not answer: a batch of them is one loop, not an effect each.
-      ackMany: (acks) =>
-        Effect.sync(() =>
-          acks.map(({ id, token }) => {
-            const held = holding(id, token)
-            return held !== undefined && settle(held)
-          })
-        ),
+      ackMany: (acks) => Effect.sync(() => acks.map(({ id, token }) => ackHeld(id, token))),
       nack: giveBack,
       release: (id, token) =>
         giveBack(id, token, { requeue: true, delayMillis: 0, error: undefined, release: true }),
