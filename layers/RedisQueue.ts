@@ -69,9 +69,12 @@ export interface RedisQueueOptions {
   readonly commandTimeout?: Duration.DurationInput | undefined
 }
 
+/** The prefix of every key of a queue: the hash tag `{<queueName>}` and a colon. */
+export const keyPrefix = (queueName: string): string => `{${queueName}}:`
+
 /** The Redis keys of a queue, all under the hash tag `{<queueName>}`. */
 export const keys = (queueName: string): Record<Scripts.KeyName, string> =>
-  Object.fromEntries(Scripts.keyNames.map((name) => [name, `{${queueName}}:${name}`])) as Record<
+  Object.fromEntries(Scripts.keyNames.map((name) => [name, `${keyPrefix(queueName)}${name}`])) as Record<
     Scripts.KeyName,
     string
   >
@@ -123,7 +126,8 @@ export const makeBackend = (
     const commandMillis = Duration.toMillis(options.commandTimeout ?? Duration.seconds(5))
     const names = connectionNamePrefix(queueName)
     const key = keys(queueName)
-    const keyList = Scripts.keyNames.map((name) => key[name])
+    /** The one key every script gets: the queue's prefix. */
+    const keyList = [keyPrefix(queueName)]
 
     const [commands, blocking] = yield* Effect.all(
       [
@@ -156,44 +160,31 @@ export const makeBackend = (
     /** The pending score each lease held here was claimed from, by token: where `release` puts it back. */
     const positions = new Map<string, string>()
     // Where each lease came from is forgotten once its ack has an answer (or failed).
-    const ackBatch = commands.batched(Scripts.ack.name, {
+    const ackBatch = commands.batched({
+      script: Scripts.ack,
       max: maxBatch,
-      flush: (leases: ReadonlyArray<readonly [string, string]>) => {
-        const forget = () => {
-          for (const [, token] of leases) positions.delete(token)
-        }
-        return (
-          commands.evalPromise(Scripts.ack, keyList, leases.flat()) as Promise<ReadonlyArray<number>>
-        ).then(
-          (reply) => {
-            forget()
-            return reply
-          },
-          (error: unknown) => {
-            forget()
-            throw error
-          }
-        )
+      keys: () => keyList,
+      args: (leases: ReadonlyArray<readonly [string, string]>) => leases.flat(),
+      outputs: (reply) => reply as ReadonlyArray<number>,
+      done: (leases) => {
+        for (const [, token] of leases) positions.delete(token)
       }
     })
-    const offerBatch = commands.batched(Scripts.offer.name, {
+    const offerBatch = commands.batched({
+      script: Scripts.offer,
       max: maxBatch,
-      flush: (calls: ReadonlyArray<ReadonlyArray<RawTask>>) =>
-        commands
-          .evalPromise(
-            Scripts.offer,
-            keyList,
-            calls.flatMap((tasks) => tasks.flatMap((t) => [t.id, t.priority, t.body]))
-          )
-          .then((reply) => {
-            const accepted = reply as ReadonlyArray<number>
-            let at = 0
-            return calls.map((tasks) => {
-              const mine = accepted.slice(at, at + tasks.length).map((a) => a === 1)
-              at += tasks.length
-              return mine
-            })
-          })
+      keys: () => keyList,
+      args: (calls: ReadonlyArray<ReadonlyArray<RawTask>>) =>
+        calls.flatMap((tasks) => tasks.flatMap((t) => [t.id, t.priority, t.body])),
+      outputs: (reply, calls) => {
+        const accepted = reply as ReadonlyArray<number>
+        let at = 0
+        return calls.map((tasks) => {
+          const mine = accepted.slice(at, at + tasks.length).map((a) => a === 1)
+          at += tasks.length
+          return mine
+        })
+      }
     })
 
     // --- waking blocked pullers -------------------------------------------------------------
@@ -316,12 +307,12 @@ export const makeBackend = (
     // Claims made in the same event-loop turn (concurrent pullers) are one script call (two from
     // `Connection.splitAt` on): its leases are dealt out in order, the most urgent to the first
     // caller.
-    const claimBatch = commands.batched(Scripts.claim.name, {
+    const claimBatch = commands.batched({
+      script: Scripts.claim,
       max: maxBatch,
-      flush: (maxes: ReadonlyArray<number>) =>
-        commands
-          .evalPromise(Scripts.claim, keyList, [maxes.reduce((sum, max) => sum + max, 0), leaseMillis])
-          .then((reply) => deal(parseClaim(reply, 5), maxes))
+      keys: () => keyList,
+      args: (maxes: ReadonlyArray<number>) => [maxes.reduce((sum, max) => sum + max, 0), leaseMillis],
+      outputs: (reply, maxes) => deal(parseClaim(reply, 5), maxes)
     })
     const claimOnce = (claimed: Effect.Effect<Claimed, QueueError>, recorded: boolean, clock: Clock.Clock) =>
       Effect.uninterruptibleMask((restore) =>

@@ -149,28 +149,35 @@ export const make = (
     // Starts and outcomes recorded in the same event-loop turn (by concurrent tasks) go to Redis
     // as one script call each (two from `Connection.splitAt` on); the clock of the turn's first
     // call stamps them all.
-    const flushStart = (calls: ReadonlyArray<StartCall>) =>
-      connection.evalPromise(
-        startScript,
-        calls.map((c) => c.key),
-        [calls[0]!.now, ...calls.flatMap((c) => [c.token, c.attempt, c.priority])]
-      ) as Promise<ReadonlyArray<unknown>>
-    const startBatch = connection.batched(startScript.name, { max: maxBatch, flush: flushStart })
-    const flushFinish = (calls: ReadonlyArray<FinishCall>) =>
-      connection.evalPromise(
-        finishScript,
-        calls.map((c) => c.key),
-        [
-          calls[0]!.now,
-          retentionMillis,
-          ...calls.flatMap(({ outcome, token }) =>
-            outcome.status === "COMPLETED"
-              ? [token, outcome.status, "result", JSON.stringify(outcome.result)]
-              : [token, outcome.status, "error", outcome.error]
-          )
-        ]
-      ) as Promise<ReadonlyArray<unknown>>
-    const finishBatch = connection.batched(finishScript.name, { max: maxBatch, flush: flushFinish })
+    const callKeys = (calls: ReadonlyArray<StartCall | FinishCall>) => calls.map((c) => c.key)
+    const startArgs = (calls: ReadonlyArray<StartCall>) => [
+      calls[0]!.now,
+      ...calls.flatMap((c) => [c.token, c.attempt, c.priority])
+    ]
+    const finishArgs = (calls: ReadonlyArray<FinishCall>) => [
+      calls[0]!.now,
+      retentionMillis,
+      ...calls.flatMap(({ outcome, token }) =>
+        outcome.status === "COMPLETED"
+          ? [token, outcome.status, "result", JSON.stringify(outcome.result)]
+          : [token, outcome.status, "error", outcome.error]
+      )
+    ]
+    const replies = (reply: unknown) => reply as ReadonlyArray<unknown>
+    const startBatch = connection.batched({
+      script: startScript,
+      max: maxBatch,
+      keys: callKeys,
+      args: startArgs,
+      outputs: replies
+    })
+    const finishBatch = connection.batched({
+      script: finishScript,
+      max: maxBatch,
+      keys: callKeys,
+      args: finishArgs,
+      outputs: replies
+    })
 
     const key = (taskId: string) => recordKey(queueName, taskId)
 
@@ -221,19 +228,18 @@ export const make = (
           ? Effect.succeed([])
           : Effect.flatMap(Clock.currentTimeMillis, (now) =>
               Effect.flatMap(
-                connection.run(startScript.name, () =>
-                  flushStart(
-                    starts.map(({ lease, taskId }) => ({
-                      key: key(taskId),
-                      token: lease.token,
-                      attempt: lease.attempt,
-                      priority: lease.priority,
-                      now
-                    }))
-                  )
-                ),
-                (replies) =>
-                  Effect.forEach(replies, (reply, i) => Records.startResult(starts[i]!.taskId, reply))
+                Effect.suspend(() => {
+                  const calls = starts.map(({ lease, taskId }) => ({
+                    key: key(taskId),
+                    token: lease.token,
+                    attempt: lease.attempt,
+                    priority: lease.priority,
+                    now
+                  }))
+                  return connection.evalScript(startScript, callKeys(calls), startArgs(calls))
+                }),
+                (reply) =>
+                  Effect.forEach(replies(reply), (one, i) => Records.startResult(starts[i]!.taskId, one))
               )
             ),
       finish: (taskId, token, outcome: Outcome) =>
@@ -249,12 +255,16 @@ export const make = (
           ? Effect.succeed([])
           : Effect.flatMap(Clock.currentTimeMillis, (now) =>
               Effect.map(
-                connection.run(finishScript.name, () =>
-                  flushFinish(
-                    outcomes.map(({ outcome, taskId, token }) => ({ key: key(taskId), token, outcome, now }))
-                  )
-                ),
-                (replies) => replies.map((reply) => reply === 1)
+                Effect.suspend(() => {
+                  const calls = outcomes.map(({ outcome, taskId, token }) => ({
+                    key: key(taskId),
+                    token,
+                    outcome,
+                    now
+                  }))
+                  return connection.evalScript(finishScript, callKeys(calls), finishArgs(calls))
+                }),
+                (reply) => replies(reply).map((one) => one === 1)
               )
             ),
       reset: (taskId) =>

@@ -61,22 +61,26 @@ export interface Connection {
     args: ReadonlyArray<string | number>
   ) => Effect.Effect<unknown, QueueError>
   /**
-   * Calls made in the same event-loop turn, sent as one: each caller passes one input and gets its
-   * own output; the inputs gathered until the turn's microtasks have run go to `flush` together (at
-   * most `max` at a time; in two halves from {@link splitAt} inputs), which answers one output per
-   * input, in order. A failed flush fails every caller of it with `QueueError`. A caller
-   * interrupted while it waits does not withdraw its input.
+   * Calls made in the same event-loop turn, sent as one script call: each caller passes one input
+   * and gets its own output; the inputs gathered until the turn's microtasks have run go out
+   * together (at most `max` at a time; in two halves from {@link splitAt} inputs), and the reply
+   * answers one output per input, in order. A failed call fails every caller of it with
+   * `QueueError`. A caller interrupted while it waits does not withdraw its input.
    */
-  readonly batched: <I, O>(
-    what: string,
-    options: { readonly max: number; readonly flush: (inputs: ReadonlyArray<I>) => Promise<ReadonlyArray<O>> }
-  ) => (input: I) => Effect.Effect<O, QueueError>
-  /** `evalScript` as a plain promise, for `batched` flushes. */
-  readonly evalPromise: (
-    script: Script,
-    keys: ReadonlyArray<string>,
-    args: ReadonlyArray<string | number>
-  ) => Promise<unknown>
+  readonly batched: <I, O>(options: Batched<I, O>) => (input: I) => Effect.Effect<O, QueueError>
+}
+
+/** What {@link Connection.batched} sends and how it reads the reply. */
+export interface Batched<I, O> {
+  readonly script: Script
+  readonly max: number
+  /** The keys and the arguments of one call for these inputs. */
+  readonly keys: (inputs: ReadonlyArray<I>) => ReadonlyArray<string>
+  readonly args: (inputs: ReadonlyArray<I>) => ReadonlyArray<string | number>
+  /** One output per input, in order, from the script's reply. */
+  readonly outputs: (reply: unknown, inputs: ReadonlyArray<I>) => ReadonlyArray<O>
+  /** Runs once the call has its reply or has failed, before its callers resume. */
+  readonly done?: ((inputs: ReadonlyArray<I>) => void) | undefined
 }
 
 /** The message of an unknown failure. */
@@ -181,107 +185,120 @@ export const connect = (options: ConnectOptions): Effect.Effect<Connection, Queu
     )
     const failure = (what: string, cause: unknown) =>
       new QueueError({ message: `${label} ${what} failed on ${where}: ${describe(cause)}`, cause })
-    const guarded = <A>(call: (client: Redis) => Promise<A>) =>
-      new Promise<A>((resolve, reject) => {
-        waiting.add(reject)
-        const settle = () => waiting.delete(reject)
-        let promise: Promise<A>
-        try {
-          promise = call(client)
-        } catch (error) {
-          settle()
-          return reject(error)
-        }
-        promise.then(
-          (value) => {
-            settle()
-            resolve(value)
-          },
-          (error) => {
-            settle()
-            reject(error)
-          }
-        )
-      })
-    const run = <A>(what: string, call: (client: Redis) => Promise<A>) =>
-      Effect.tryPromise({ try: () => guarded(call), catch: (cause) => failure(what, cause) })
-    const evalPromise = (s: Script, keys: ReadonlyArray<string>, args: ReadonlyArray<string | number>) =>
-      client
-        .evalsha(s.sha, keys.length, ...keys, ...args)
-        .catch((error: unknown) =>
-          isNoScript(error) ? client.eval(s.lua, keys.length, ...keys, ...args) : Promise.reject(error)
-        )
-    // `guarded(() => evalPromise(...))` in one promise: the NOSCRIPT fallback runs in the
-    // rejection handler instead of a `.catch` promise of its own (one promise fewer per call).
-    const guardedEval = (s: Script, keys: ReadonlyArray<string>, args: ReadonlyArray<string | number>) =>
-      new Promise<unknown>((resolve, reject) => {
-        waiting.add(reject)
-        const done = (value: unknown) => {
-          waiting.delete(reject)
-          resolve(value)
-        }
-        const failed = (error: unknown) => {
-          waiting.delete(reject)
-          reject(error)
-        }
-        try {
-          client
-            .evalsha(s.sha, keys.length, ...keys, ...args)
-            .then(done, (error: unknown) =>
-              isNoScript(error)
-                ? client.eval(s.lua, keys.length, ...keys, ...args).then(done, failed)
-                : failed(error)
-            )
-        } catch (error) {
-          failed(error)
-        }
-      })
-    const batched = <I, O>(
-      what: string,
-      options: {
-        readonly max: number
-        readonly flush: (inputs: ReadonlyArray<I>) => Promise<ReadonlyArray<O>>
+    /**
+     * Makes one call: `ok` gets its reply or `ko` its failure, exactly one of them, `ko` at once
+     * when the connection drops. Plain callbacks, not promises or effects: this is on the path of
+     * every command.
+     */
+    const send = <A>(call: () => Promise<A>, ok: (value: A) => void, ko: (error: unknown) => void): void => {
+      let open = true
+      const drop = (error: unknown) => {
+        if (!open) return
+        open = false
+        waiting.delete(drop)
+        ko(error)
       }
-    ) => {
+      waiting.add(drop)
+      let reply: Promise<A>
+      try {
+        reply = call()
+      } catch (error) {
+        drop(error)
+        return
+      }
+      reply.then((value) => {
+        if (!open) return
+        open = false
+        waiting.delete(drop)
+        ok(value)
+      }, drop)
+    }
+    /** Runs a script by SHA, by source after a `SCRIPT FLUSH` (which caches it again). */
+    const sendScript = (
+      s: Script,
+      keys: ReadonlyArray<string>,
+      args: ReadonlyArray<string | number>,
+      ok: (reply: unknown) => void,
+      ko: (error: unknown) => void
+    ) =>
+      send(
+        () => client.evalsha(s.sha, keys.length, ...keys, ...args),
+        ok,
+        (error) =>
+          isNoScript(error)
+            ? send(() => client.eval(s.lua, keys.length, ...keys, ...args), ok, ko)
+            : ko(error)
+      )
+    const run = <A>(what: string, call: (client: Redis) => Promise<A>) =>
+      Effect.async<A, QueueError>((resume) =>
+        send(
+          () => call(client),
+          (value) => resume(Effect.succeed(value)),
+          (error) => resume(Effect.fail(failure(what, error)))
+        )
+      )
+    const evalScript = (s: Script, keys: ReadonlyArray<string>, args: ReadonlyArray<string | number>) =>
+      Effect.async<unknown, QueueError>((resume) =>
+        sendScript(
+          s,
+          keys,
+          args,
+          (reply) => resume(Effect.succeed(reply)),
+          (error) => resume(Effect.fail(failure(s.name, error)))
+        )
+      )
+    const batched = <I, O>(options: Batched<I, O>) => {
       interface Waiter {
         readonly input: I
         readonly resume: (effect: Effect.Effect<O, QueueError>) => void
       }
       let pending: Array<Waiter> = []
-      const send = (waiters: ReadonlyArray<Waiter>) => {
+      const flush = (waiters: ReadonlyArray<Waiter>) => {
+        const inputs = waiters.map((waiter) => waiter.input)
         const fail = (cause: unknown) => {
-          const error = Effect.fail(failure(what, cause))
+          options.done?.(inputs)
+          const error = Effect.fail(failure(options.script.name, cause))
           for (const waiter of waiters) waiter.resume(error)
         }
-        let reply: Promise<ReadonlyArray<O>>
+        let keys: ReadonlyArray<string>
+        let args: ReadonlyArray<string | number>
         try {
-          reply = options.flush(waiters.map((waiter) => waiter.input))
+          keys = options.keys(inputs)
+          args = options.args(inputs)
         } catch (error) {
-          return fail(error)
+          fail(error)
+          return
         }
-        reply.then((outputs) => {
-          for (let i = 0; i < waiters.length; i++) waiters[i]!.resume(Effect.succeed(outputs[i] as O))
-        }, fail)
+        sendScript(
+          options.script,
+          keys,
+          args,
+          (reply) => {
+            let outputs: ReadonlyArray<O>
+            try {
+              outputs = options.outputs(reply, inputs)
+            } catch (error) {
+              fail(error)
+              return
+            }
+            options.done?.(inputs)
+            for (let i = 0; i < waiters.length; i++) waiters[i]!.resume(Effect.succeed(outputs[i] as O))
+          },
+          fail
+        )
       }
       const flushAll = () => {
         const all = pending
         pending = []
         const size = Math.min(options.max, all.length >= splitAt ? Math.ceil(all.length / 2) : all.length)
-        for (let i = 0; i < all.length; i += size) send(all.slice(i, i + size))
+        for (let i = 0; i < all.length; i += size) flush(all.slice(i, i + size))
       }
       return (input: I): Effect.Effect<O, QueueError> =>
         Effect.async<O, QueueError>((resume) => {
           if (pending.push({ input, resume }) === 1) queueMicrotask(flushAll)
         })
     }
-    return {
-      client,
-      where,
-      run,
-      batched,
-      evalPromise: guardedEval,
-      evalScript: (s, keys, args) => run(s.name, () => evalPromise(s, keys, args))
-    }
+    return { client, where, run, batched, evalScript }
   })
 
 /** Loads scripts, so later calls can go by SHA. */

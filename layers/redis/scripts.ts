@@ -3,15 +3,16 @@
  * atomically by Redis and called by SHA. Time is the server's (`TIME`), so every client agrees on
  * lease deadlines and delays.
  *
- * Each script gets the same keys, in the order of {@link keyNames}; see `layers/RedisQueue.ts`
- * for the layout.
+ * Each script gets one key, the queue's prefix `{q}:` (every key of the queue is that prefix and
+ * one of {@link keyNames}; all share its hash slot), and names the keys it uses from it: one key
+ * to send instead of ten, on the path of every call. See `layers/RedisQueue.ts` for the layout.
  *
  * @since 0.1.0
  */
 import { script as named, type Script } from "./Connection.js"
 import { recordFunctions } from "./records.js"
 
-/** The keys of one queue, in the order every script receives them as `KEYS`. */
+/** The keys of one queue, each the queue's prefix and one of these names. */
 export const keyNames = [
   "pending",
   "inflight",
@@ -49,8 +50,10 @@ export const leaseField = (id: string) => `l:${id}`
 // lease deadline or delay): the upkeep costs one GET until then. Acks leave it early, which only
 // makes the next look find nothing and set it afresh.
 const prelude = `
-local pending, inflight, delayed, dead = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local task, errors, seq, tokens, marker, dueKey = KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
+local prefix = KEYS[1]
+local pending, inflight, delayed, dead = prefix .. 'pending', prefix .. 'inflight', prefix .. 'delayed', prefix .. 'dead'
+local task, errors, seq, tokens = prefix .. 'task', prefix .. 'error', prefix .. 'seq', prefix .. 'tokens'
+local marker, dueKey = prefix .. 'marker', prefix .. 'due'
 local time = redis.call('TIME')
 local nowMicros = tonumber(time[1]) * 1000000 + tonumber(time[2])
 local now = math.floor(nowMicros / 1000)
