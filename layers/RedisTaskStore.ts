@@ -26,6 +26,7 @@ import * as QM from "../src/QueueManager.js"
 import { type Priority, type TaskId, TaskRecord } from "../src/Task.js"
 import { defaultRetention, type Outcome, TaskStore, type TaskStoreService } from "../src/TaskStore.js"
 import * as Connection from "./redis/Connection.js"
+import { withHelpers } from "./redis/luaHelpers.js"
 import * as Records from "./redis/records.js"
 
 /** Options of the Redis task store. */
@@ -60,12 +61,14 @@ return 1`
  */
 const startScript = Connection.script(
   "start",
-  `${Records.recordFunctions}
-local out = {}
+  withHelpers(
+    Records.recordHelpers,
+    `local out = {}
 for i = 1, #KEYS do
   out[i] = startRecord(KEYS[i], ARGV[3 * i - 1], ARGV[3 * i], ARGV[3 * i + 1], ARGV[1])
 end
 return out`
+  )
 )
 
 /**
@@ -75,20 +78,21 @@ return out`
  */
 const finishScript = Connection.script(
   "finish",
-  `${Records.recordFunctions}
-local out = {}
+  withHelpers(
+    Records.recordHelpers,
+    `local out = {}
 for i = 1, #KEYS do
   local at = 4 * i - 1
   out[i] = finishRecord(KEYS[i], ARGV[at], ARGV[at + 1], ARGV[at + 2], ARGV[at + 3], ARGV[1], ARGV[2])
 end
 return out`
+  )
 )
 
 /** ARGV: token, now. 1 when given back (PENDING, the attempt not counted), 0 when the token no longer holds. */
 const releaseScript = Connection.script(
   "release",
-  `${Records.recordFunctions}
-return releaseRecord(KEYS[1], ARGV[1], ARGV[2])`
+  withHelpers(Records.recordHelpers, `return releaseRecord(KEYS[1], ARGV[1], ARGV[2])`)
 )
 
 /** ARGV: now. 1 when reset, 0 when unknown. */

@@ -16,6 +16,7 @@ import { QueueError } from "../../src/Errors.js"
 import { TaskData, TaskRecord, TaskStatus } from "../../src/Task.js"
 import { type StartResult, started } from "../../src/TaskStore.js"
 import type { Connection } from "./Connection.js"
+import type { LuaHelper } from "./luaHelpers.js"
 
 /** The key prefix of a queue's records: `{<queueName>}:task:`. */
 export const recordPrefix = (queueName: string): string => `{${queueName}}:task:`
@@ -31,7 +32,7 @@ export const location = (connection: Connection, queueName: string): string => {
 
 /**
  * Lua functions for a script that writes records (the key is built from a prefix passed in, so
- * both the store's scripts and the queue's can use them):
+ * both the store's scripts and the queue's can use them), for `withHelpers`:
  *
  * - `startRecord(key, token, attempt, priority, now)`: PROCESSING for the delivery holding
  *   `token` (created when missing); a finished record is left alone and its fields returned;
@@ -42,8 +43,10 @@ export const location = (connection: Connection, queueName: string): string => {
  * - `releaseRecord(key, token, now)`: back to PENDING, the attempt not counted, when the record
  *   is PROCESSING for `token` (1), else nothing (0): a delivery given back unrun.
  */
-export const recordFunctions = `
-local function startRecord(key, token, attempt, priority, now)
+export const recordHelpers: ReadonlyArray<LuaHelper> = [
+  {
+    name: "startRecord",
+    lua: `local function startRecord(key, token, attempt, priority, now)
   local status = redis.call('HGET', key, 'status')
   if status == 'COMPLETED' or status == 'FAILED' then return redis.call('HGETALL', key) end
   if status then
@@ -54,25 +57,30 @@ local function startRecord(key, token, attempt, priority, now)
       'created_at', now, 'updated_at', now, 'token', token)
   end
   return 1
-end
-
-local function finishRecord(key, token, status, field, value, now, retention)
+end`
+  },
+  {
+    name: "finishRecord",
+    lua: `local function finishRecord(key, token, status, field, value, now, retention)
   local held = redis.call('HMGET', key, 'token', 'status')
   if held[1] ~= token then return 0 end
   redis.call('HSET', key, 'status', status, 'updated_at', now, field, value)
   if held[2] ~= 'PROCESSING' then redis.call('HDEL', key, field == 'result' and 'error' or 'result') end
   if status == 'COMPLETED' or status == 'FAILED' then redis.call('PEXPIRE', key, retention) end
   return 1
-end
-
-local function releaseRecord(key, token, now)
+end`
+  },
+  {
+    name: "releaseRecord",
+    lua: `local function releaseRecord(key, token, now)
   local held = redis.call('HMGET', key, 'token', 'status', 'attempts')
   if held[1] ~= token or held[2] ~= 'PROCESSING' then return 0 end
   local attempts = math.max(0, (tonumber(held[3]) or 1) - 1)
   redis.call('HSET', key, 'status', 'PENDING', 'attempts', attempts, 'updated_at', now, 'token', '')
   return 1
-end
-`
+end`
+  }
+]
 
 /** A record hash as stored. */
 const RecordHash = Schema.Struct({

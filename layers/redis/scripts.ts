@@ -10,7 +10,8 @@
  * @since 0.1.0
  */
 import { script as named, type Script } from "./Connection.js"
-import { recordFunctions } from "./records.js"
+import { type LuaHelper, withHelpers } from "./luaHelpers.js"
+import { recordHelpers } from "./records.js"
 
 /** The keys of one queue, each the queue's prefix and one of these names. */
 export const keyNames = [
@@ -44,12 +45,8 @@ export const stateField = (id: string) => `s:${id}`
 /** The `{q}:task` field of a task's lease token, while it is in flight. */
 export const leaseField = (id: string) => `l:${id}`
 
-// Shared by every script: key names, the server's clock, and the upkeep that puts expired leases
-// and due delays back in pending (with a fresh sequence: the back of their priority).
-// `{q}:due` holds a time by which the upkeep must look again (never later than the earliest
-// lease deadline or delay): the upkeep costs one GET until then. Acks leave it early, which only
-// makes the next look find nothing and set it afresh.
-const prelude = `
+// Every script begins with its key names and the server's clock.
+const header = `
 local prefix = KEYS[1]
 local pending, inflight, delayed, dead = prefix .. 'pending', prefix .. 'inflight', prefix .. 'delayed', prefix .. 'dead'
 local task, errors, seq, tokens = prefix .. 'task', prefix .. 'error', prefix .. 'seq', prefix .. 'tokens'
@@ -58,29 +55,46 @@ local time = redis.call('TIME')
 local nowMicros = tonumber(time[1]) * 1000000 + tonumber(time[2])
 local now = math.floor(nowMicros / 1000)
 local dueAt = nil
+`
 
-local function wake()
+// The functions the scripts share, each in the scripts that call it. \`maintain\` is the upkeep
+// that puts expired leases and due delays back in pending (with a fresh sequence: the back of
+// their priority). \`{q}:due\` holds a time by which the upkeep must look again (never later than
+// the earliest lease deadline or delay): the upkeep costs one GET until then. Acks leave it
+// early, which only makes the next look find nothing and set it afresh.
+const helpers: ReadonlyArray<LuaHelper> = [
+  {
+    name: "wake",
+    lua: `local function wake()
   redis.call('ZADD', marker, 0, 'wake')
-end
-
-local function stateOf(id)
+end`
+  },
+  {
+    name: "stateOf",
+    lua: `local function stateOf(id)
   return tonumber(redis.call('HGET', task, 's:' .. id)) or 5
-end
-
-local function toPending(id, p)
+end`
+  },
+  {
+    name: "toPending",
+    lua: `local function toPending(id, p)
   p = p or stateOf(id) % 16
   redis.call('ZADD', pending, (10 - p) * ${priorityBand} + redis.call('INCR', seq), id)
-end
-
--- A lease deadline or delay at time t: the upkeep must look by then.
+end`
+  },
+  {
+    name: "dueBy",
+    lua: `-- A lease deadline or delay at time t: the upkeep must look by then.
 local function dueBy(t)
   if dueAt == nil or t < dueAt then
     dueAt = t
     redis.call('SET', dueKey, t)
   end
-end
-
-local function maintain()
+end`
+  },
+  {
+    name: "maintain",
+    lua: `local function maintain()
   dueAt = tonumber(redis.call('GET', dueKey))
   if dueAt ~= nil and dueAt > now then return end
   local moved = false
@@ -107,24 +121,32 @@ local function maintain()
     end
   end
   if dueAt == nil then redis.call('DEL', dueKey) else redis.call('SET', dueKey, dueAt) end
-end
-
-local function holds(id, token)
+end`
+  },
+  {
+    name: "holds",
+    lua: `local function holds(id, token)
   return redis.call('HGET', task, 'l:' .. id) == token
-end
-
-local function unlease(id)
+end`
+  },
+  {
+    name: "unlease",
+    lua: `local function unlease(id)
   redis.call('ZREM', inflight, id)
   redis.call('HDEL', task, 'l:' .. id)
-end
-
--- An unleased task goes to the dead letters with its error.
+end`
+  },
+  {
+    name: "toDead",
+    lua: `-- An unleased task goes to the dead letters with its error.
 local function toDead(id, error)
   redis.call('ZADD', dead, nowMicros, id)
   redis.call('HSET', errors, id, error)
-end
-
--- Held leases whose tasks are done, gathered by a script and removed together at its end.
+end`
+  },
+  {
+    name: "removeAcked",
+    lua: `-- Held leases whose tasks are done, gathered by a script in \`acked\` and removed together at its end.
 local acked = {}
 local function removeAcked()
   if #acked == 0 then return end
@@ -136,10 +158,12 @@ local function removeAcked()
   end
   redis.call('ZREM', inflight, unpack(acked))
   redis.call('HDEL', task, unpack(fields))
-end
-`
+end`
+  },
+  ...recordHelpers
+]
 
-const script = (name: string, body: string): Script => named(name, `${prelude}\n${body}`)
+const script = (name: string, body: string): Script => named(name, `${header}\n${withHelpers(helpers, body)}`)
 
 /**
  * ARGV: `id, priority, body` per task. Returns 1 (accepted) or 0 (already pending, delayed or in
@@ -198,7 +222,7 @@ return out
  */
 export const claim = script(
   "claim",
-  `${recordFunctions}
+  `
 local recordPrefix = ARGV[3]
 maintain()
 local popped = redis.call('ZPOPMIN', pending, tonumber(ARGV[1]))
@@ -235,7 +259,9 @@ end
 redis.call('ZADD', inflight, unpack(leased))
 redis.call('HSET', task, unpack(fields))
 dueBy(deadline)
-if redis.call('EXISTS', pending) == 1 then wake() end
+-- Tasks may be left only when the claim took all it asked for: then pullers elsewhere are woken
+-- (without looking: a claim that took the last task wakes someone for nothing, once).
+if n == tonumber(ARGV[1]) then wake() end
 return out
 `
 )
@@ -248,7 +274,7 @@ return out
  */
 export const release = script(
   "release",
-  `${recordFunctions}
+  `
 local recordPrefix, recordNow = ARGV[1], ARGV[2]
 local undone = 0
 for i = 3, #ARGV, 3 do
@@ -298,7 +324,7 @@ return out
  */
 export const settle = script(
   "settle",
-  `${recordFunctions}
+  `
 maintain()
 local recordPrefix, recordNow, retention = ARGV[1], ARGV[2], ARGV[3]
 local out = {}
