@@ -98,7 +98,10 @@ const lost = (id: string) =>
     message: `the lease on task ${id} is no longer held (expired, or the task moved on)`
   })
 
-/** A claim as the script returns it: the leases, or how long until something is due (-1: nothing). */
+/**
+ * A claim as the script returns it: the leases and, when it took fewer than it asked for, how
+ * long until something is due (-1: nothing); -2 when it took all it asked for.
+ */
 interface Claimed {
   readonly leases: ReadonlyArray<ClaimedLease>
   readonly waitMillis: number
@@ -331,8 +334,17 @@ export const makeBackend = (
     }
 
     /**
-     * Claims with `once` until it gets leases or `timeout` passes, waiting for a marker in between;
-     * `recorded`: `once` records the starts (an interrupted claim then resets the records too).
+     * Left by the last claim that took fewer tasks than it asked for: nothing was pending then.
+     * Until its generation ends (a marker arrived) or `until` passes (a lease deadline or a delay
+     * may be due), a claim that may wait waits for a marker before it asks Redis: the claim an idle
+     * worker makes after each task would find nothing.
+     */
+    let drained: { readonly gen: Generation; readonly until: number } | undefined
+
+    /**
+     * Claims with `once` until it gets leases or `timeout` passes, waiting for a marker in between
+     * (and first, while the queue is known to be drained); `recorded`: `once` records the starts
+     * (an interrupted claim then resets the records too).
      */
     const claimWith = (
       once: (now: number) => Effect.Effect<Claimed, QueueError>,
@@ -342,22 +354,33 @@ export const makeBackend = (
       Effect.withFiberRuntime<ReadonlyArray<ClaimedLease>, QueueError>((fiber) => {
         const clock = Context.get(fiber.currentDefaultServices, Clock.Clock)
         const deadline = clock.unsafeCurrentTimeMillis() + Duration.toMillis(timeout)
-        const attempt = (): Effect.Effect<ReadonlyArray<ClaimedLease>, QueueError> => {
+        const attempt = (first: boolean): Effect.Effect<ReadonlyArray<ClaimedLease>, QueueError> => {
           const gen = current
-          return Effect.flatMap(
-            claimOnce(once(clock.unsafeCurrentTimeMillis()), recorded, clock),
-            (claimed) => {
-              if (claimed.leases.length > 0) return Effect.succeed(held(claimed.leases))
-              const remaining = deadline - clock.unsafeCurrentTimeMillis()
-              if (remaining <= 0) return Effect.succeed([])
-              return Effect.flatMap(
-                waitFor(gen, claimed.waitMillis < 0 ? remaining : Math.min(remaining, claimed.waitMillis)),
-                attempt
-              )
-            }
-          )
+          const now = clock.unsafeCurrentTimeMillis()
+          if (
+            first &&
+            drained !== undefined &&
+            drained.gen === gen &&
+            now < drained.until &&
+            now < deadline
+          ) {
+            return Effect.flatMap(waitFor(gen, Math.min(deadline, drained.until) - now), () => attempt(false))
+          }
+          return Effect.flatMap(claimOnce(once(now), recorded, clock), (claimed) => {
+            drained =
+              claimed.waitMillis === -2
+                ? undefined
+                : { gen, until: claimed.waitMillis < 0 ? Number.POSITIVE_INFINITY : now + claimed.waitMillis }
+            if (claimed.leases.length > 0) return Effect.succeed(held(claimed.leases))
+            const remaining = deadline - clock.unsafeCurrentTimeMillis()
+            if (remaining <= 0) return Effect.succeed([])
+            return Effect.flatMap(
+              waitFor(gen, claimed.waitMillis < 0 ? remaining : Math.min(remaining, claimed.waitMillis)),
+              () => attempt(false)
+            )
+          })
         }
-        return attempt()
+        return attempt(true)
       })
 
     const claim = (max: number, timeout: Duration.Duration) =>

@@ -215,10 +215,11 @@ return out
 
 /**
  * ARGV: `max, leaseMillis[, recordPrefix, now]`. Reaps, promotes, then leases up to `max` pending
- * tasks. Returns `{ waitMillis, id, body, attempt, token, score[, start], ... }`; `waitMillis` is
- * only set (>= 0) when nothing was claimed: how long until the next lease deadline or delay may
- * be due (-1: none). With a record prefix, each lease's start is recorded in the task record
- * `<recordPrefix><id>` (stamped `now`) and `start` is what `startRecord` answered.
+ * tasks. Returns `{ waitMillis, id, body, attempt, token, score[, start], ... }`. `waitMillis`,
+ * when the claim took fewer than `max` (nothing is pending now): how long until the next lease
+ * deadline or delay may be due (-1: none); -2 when it took `max` (more may be pending). With a
+ * record prefix, each lease's start is recorded in the task record `<recordPrefix><id>` (stamped
+ * `now`) and `start` is what `startRecord` answered.
  */
 export const claim = script(
   "claim",
@@ -261,7 +262,12 @@ redis.call('HSET', task, unpack(fields))
 dueBy(deadline)
 -- Tasks may be left only when the claim took all it asked for: then pullers elsewhere are woken
 -- (without looking: a claim that took the last task wakes someone for nothing, once).
-if n == tonumber(ARGV[1]) then wake() end
+if n == tonumber(ARGV[1]) then
+  out[1] = -2
+  wake()
+else
+  out[1] = math.max(0, dueAt - now)
+end
 return out
 `
 )
