@@ -244,6 +244,64 @@ await describeWithServer("Redis", redisUrl, "RedisQueue", () => {
         )
     )
 
+    it.live("after a claim that empties the queue, a pull waits for the marker instead of asking Redis", () =>
+      onQueue((queueName) =>
+        Effect.gen(function* () {
+          const consumer = yield* instance(queueName)
+          const producer = yield* instance(queueName)
+          yield* producer.push("first", meeting(1))
+          // Asked for five, got one: nothing is pending now.
+          const [first] = yield* consumer.pullBatch(5)
+          expect(first!.message.taskId).toBe("first")
+          // The first push's marker is still there: a short pull pops it and finds nothing.
+          expect(Option.isNone(yield* consumer.pull(Duration.millis(200)))).toBe(true)
+          const { result, seen } = yield* monitored(
+            queueName,
+            Effect.gen(function* () {
+              const waiting = yield* Effect.fork(consumer.pull(Duration.seconds(5)))
+              yield* Effect.sleep(Duration.millis(300))
+              yield* producer.push("second", meeting(2))
+              return yield* Fiber.join(waiting).pipe(Effect.flatten)
+            })
+          )
+          expect(result.message.taskId).toBe("second")
+          const scripts = seen
+            .filter(({ args }) => args[0]?.toLowerCase() === "evalsha")
+            .map(({ args }) =>
+              args[1] === Scripts.claim.sha ? "claim" : args[1] === Scripts.offer.sha ? "offer" : "other"
+            )
+          // One claim, after the push: none while the queue was known to be empty.
+          expect(scripts).toEqual(["offer", "claim"])
+          yield* Effect.all([first!.ack, result.ack])
+        })
+      )
+    )
+
+    it.live("a drained queue is claimed again when a lease it knows of expires, without a marker", () =>
+      onQueue((queueName) =>
+        Effect.gen(function* () {
+          const queue = yield* instance(queueName, "500 millis")
+          yield* queue.pushBatch([
+            { taskId: "kept", data: meeting(1) },
+            { taskId: "lost", data: meeting(2) }
+          ])
+          const claimed = yield* queue.pullBatch(5)
+          expect(claimed.map((d) => d.message.taskId)).toEqual(["kept", "lost"])
+          yield* claimed[0]!.ack
+          // The push's marker is still there: a short pull pops it and finds nothing.
+          expect(Option.isNone(yield* queue.pull(Duration.millis(100)))).toBe(true)
+          // "lost" is never settled: its lease ends within half a second, and that is when the
+          // drained queue is asked again, long before this pull's timeout.
+          const [elapsed, again] = yield* Effect.timed(queue.pull(Duration.seconds(5)).pipe(Effect.flatten))
+          expect(again.message.taskId).toBe("lost")
+          expect(again.message.attempt).toBe(2)
+          expect(Duration.toMillis(elapsed)).toBeGreaterThanOrEqual(200)
+          expect(Duration.toMillis(elapsed)).toBeLessThan(2_000)
+          yield* again.ack
+        })
+      )
+    )
+
     it.live("a pushBatch of 1,000 tasks is one call to Redis", () =>
       onQueue((queueName) =>
         Effect.gen(function* () {
