@@ -113,7 +113,7 @@ const nativeTracer = Context.get(DefaultServices.liveServices, Tracer.Tracer)
 export const prefetchHorizon = 100
 
 /** The deepest adaptive prefetch. */
-export const maxAdaptivePrefetch = 64
+export const maxAdaptivePrefetch = 256
 
 /** The default backoff: 1 s after the first failed attempt, doubling, capped at 1 minute. */
 export const defaultBackoff: Schedule.Schedule<Duration.Duration> = Schedule.delays(
@@ -866,7 +866,10 @@ const startWorker = (
           yield* changed.await
           capacity = concurrency + currentPrefetch()
         }
-        const want = Math.min(capacity - outstanding, 2 * capacity - held)
+        // At most half the capacity per claim (but every slot's worth): the next claim goes out as
+        // soon as a batch is dispatched, and Redis answers it while the slots run that batch.
+        const batch = Math.max(concurrency, Math.ceil(capacity / 2))
+        const want = Math.min(capacity - outstanding, 2 * capacity - held, batch)
         outstanding += want
         held += want
         const exit = yield* Effect.uninterruptibleMask((restore) =>
