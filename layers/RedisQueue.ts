@@ -70,7 +70,7 @@ export interface RedisQueueOptions {
 }
 
 /** The prefix of every key of a queue: the hash tag `{<queueName>}` and a colon. */
-export const keyPrefix = (queueName: string): string => `{${queueName}}:`
+export const keyPrefix = Connection.keyPrefix
 
 /** The Redis keys of a queue, all under the hash tag `{<queueName>}`. */
 export const keys = (queueName: string): Record<Scripts.KeyName, string> =>

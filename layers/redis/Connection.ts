@@ -113,6 +113,9 @@ export const checkQueueName = (queueName: string): Effect.Effect<void, QueueErro
       )
     : Effect.void
 
+/** The prefix of every Redis key of a queue: the hash tag `{<queueName>}` and a colon. */
+export const keyPrefix = (queueName: string): string => `{${queueName}}:`
+
 /** The `CLIENT SETNAME` prefix of a queue's connections (`etq:<queue>:cmd`, `etq:<queue>:block`, `etq:<queue>:store`). */
 export const connectionNamePrefix = (queueName: string): string =>
   `etq:${queueName.replace(/[^\x21-\x7e]/g, "_")}:`

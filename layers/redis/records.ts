@@ -15,11 +15,11 @@ import { Either, ParseResult, Schema } from "effect"
 import { QueueError } from "../../src/Errors.js"
 import { TaskData, TaskRecord, TaskStatus } from "../../src/Task.js"
 import { type StartResult, started } from "../../src/TaskStore.js"
-import type { Connection } from "./Connection.js"
+import { type Connection, keyPrefix } from "./Connection.js"
 import type { LuaHelper } from "./luaHelpers.js"
 
 /** The key prefix of a queue's records: `{<queueName>}:task:`. */
-export const recordPrefix = (queueName: string): string => `{${queueName}}:task:`
+export const recordPrefix = (queueName: string): string => `${keyPrefix(queueName)}task:`
 
 /** The key of a task's record: `{<queueName>}:task:<taskId>`. */
 export const recordKey = (queueName: string, taskId: string): string => `${recordPrefix(queueName)}${taskId}`
