@@ -62,6 +62,12 @@ export type JsonValue =
 
 const maxJsonDepth = 256
 
+/**
+ * JSON text shorter than this cannot nest deeper than {@link isJsonValue} allows (each level takes
+ * an opening and a closing bracket): what `JSON.parse` makes of it needs no walk to be checked.
+ */
+export const shallowJsonLength = 2 * (maxJsonDepth + 1)
+
 const isPlainObject = (value: object): value is Record<string, unknown> => {
   const proto = Object.getPrototypeOf(value)
   return proto === Object.prototype || proto === null

@@ -604,17 +604,25 @@ export const conformance = (backend: BackendUnderTest) =>
               8,
               JSON.stringify({ task_id: "wrong-shape", priority: 99 })
             )
+            // Well-formed JSON, but its data nests deeper than task data may.
+            const tooDeep = JSON.parse(`${"[".repeat(300)}${"]".repeat(300)}`)
+            yield* backend.plant(
+              queueName,
+              "too-deep",
+              7,
+              JSON.stringify({ task_id: "too-deep", data: tooDeep, priority: 7, enqueued_at: 0 })
+            )
             yield* queue.push("good", meeting(1), 1)
             const delivery = yield* queue.pull().pipe(Effect.flatten)
             expect(delivery.message.taskId).toBe("good")
             yield* delivery.ack
             const letters = yield* queue.deadLetters()
-            expect(letters.map((l) => l.taskId).sort()).toEqual(["garbage", "wrong-shape"])
+            expect(letters.map((l) => l.taskId).sort()).toEqual(["garbage", "too-deep", "wrong-shape"])
             for (const letter of letters) {
               expect(letter.error).toMatch(/^malformed message: /)
               expect(Option.isNone(letter.message)).toBe(true)
             }
-            yield* expectStats(queue, { pending: 0, inFlight: 0, delayed: 0, dead: 2 })
+            yield* expectStats(queue, { pending: 0, inFlight: 0, delayed: 0, dead: 3 })
           })
         )
     )
