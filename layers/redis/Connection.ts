@@ -132,9 +132,24 @@ export const connect = (options: ConnectOptions): Effect.Effect<Connection, Queu
     const where = hostOf(Redacted.value(options.url))
     const label = options.label ?? "Redis"
     let lastError: unknown
-    // Rejections of the calls waiting on this connection: a dropped connection fails them at once
-    // (their outcome is unknown), instead of leaving them to ioredis, which would drop them.
-    const waiting = new Set<(error: Error) => void>()
+    // The calls waiting on this connection, each with the sweep it was made in. A dropped
+    // connection fails them at once (their outcome is unknown), instead of leaving them to
+    // ioredis, which would drop them; a sweep every `sweepMillis` fails those older than the
+    // command timeout. One timer for the connection: ioredis's own `commandTimeout` sets and
+    // clears a timer per command.
+    const waiting = new Map<(error: unknown) => void, number>()
+    const sweepMillis = Math.min(500, Math.max(10, Math.ceil(options.commandMillis / 10)))
+    const overdueAfter = Math.ceil(options.commandMillis / sweepMillis)
+    let sweeps = 0
+    const sweep = () => {
+      sweeps++
+      // Oldest first: the first call still in time ends the sweep.
+      for (const [drop, since] of waiting) {
+        // Made during sweep `since`: at least (sweeps - since - 1) sweeps ago.
+        if (sweeps - since - 1 < overdueAfter) break
+        drop(new Error(`no answer within ${options.commandMillis} ms`))
+      }
+    }
     const redisOptions: RedisOptions = {
       lazyConnect: true,
       connectionName: options.name,
@@ -142,7 +157,6 @@ export const connect = (options: ConnectOptions): Effect.Effect<Connection, Queu
       autoResendUnfulfilledCommands: false,
       maxRetriesPerRequest: 1,
       connectTimeout: options.connectMillis,
-      commandTimeout: options.commandMillis,
       retryStrategy
     }
     const client = yield* Effect.acquireRelease(
@@ -153,12 +167,13 @@ export const connect = (options: ConnectOptions): Effect.Effect<Connection, Queu
           lastError = error
         })
         client.on("close", () => {
-          for (const reject of waiting) reject(new Error("the connection to Redis closed before it replied"))
-          waiting.clear()
+          for (const drop of waiting.keys()) drop(new Error("the connection to Redis closed before it replied"))
         })
-        return client
+        const sweeper = setInterval(sweep, sweepMillis)
+        sweeper.unref()
+        return { client, sweeper }
       }),
-      (client) =>
+      ({ client, sweeper }) =>
         (options.close === "quit" && client.status === "ready"
           ? Effect.tryPromise(() => client.quit()).pipe(
               // Finalizers are uninterruptible: without this the timeout would wait for the reply.
@@ -167,8 +182,15 @@ export const connect = (options: ConnectOptions): Effect.Effect<Connection, Queu
               Effect.ignore
             )
           : Effect.void
-        ).pipe(Effect.ensuring(Effect.sync(() => client.disconnect())))
-    )
+        ).pipe(
+          Effect.ensuring(
+            Effect.sync(() => {
+              clearInterval(sweeper)
+              client.disconnect()
+            })
+          )
+        )
+    ).pipe(Effect.map(({ client }) => client))
     yield* Effect.tryPromise({
       try: () => client.connect(),
       catch: (cause) =>
@@ -190,8 +212,8 @@ export const connect = (options: ConnectOptions): Effect.Effect<Connection, Queu
       new QueueError({ message: `${label} ${what} failed on ${where}: ${describe(cause)}`, cause })
     /**
      * Makes one call: `ok` gets its reply or `ko` its failure, exactly one of them, `ko` at once
-     * when the connection drops. Plain callbacks, not promises or effects: this is on the path of
-     * every command.
+     * when the connection drops and after the command timeout. Plain callbacks, not promises or
+     * effects: this is on the path of every command.
      */
     const send = <A>(call: () => Promise<A>, ok: (value: A) => void, ko: (error: unknown) => void): void => {
       let open = true
@@ -201,7 +223,7 @@ export const connect = (options: ConnectOptions): Effect.Effect<Connection, Queu
         waiting.delete(drop)
         ko(error)
       }
-      waiting.add(drop)
+      waiting.set(drop, sweeps)
       let reply: Promise<A>
       try {
         reply = call()
