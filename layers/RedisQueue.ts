@@ -114,6 +114,33 @@ interface ClaimedLease extends RawLease {
 }
 
 /**
+ * A puller waiting for a marker (its generation ends) or for its timer, whichever comes first; it
+ * is in `waiters` until then. A class rather than closures: waiting is on the path of every task
+ * that arrives to an idle worker.
+ */
+class Sleeper {
+  private readonly timer: ReturnType<typeof setTimeout>
+  constructor(
+    private readonly waiters: Set<Sleeper>,
+    private readonly resume: (effect: Effect.Effect<void>) => void,
+    millis: number
+  ) {
+    this.timer = setTimeout(() => this.wake(), Math.max(0, millis))
+    waiters.add(this)
+  }
+  /** Resumes the puller, once. */
+  wake(): void {
+    clearTimeout(this.timer)
+    if (this.waiters.delete(this)) this.resume(Effect.void)
+  }
+  /** The puller was interrupted: stop waiting without resuming it. */
+  cancel(): void {
+    clearTimeout(this.timer)
+    this.waiters.delete(this)
+  }
+}
+
+/**
  * The raw operations of one queue on Redis. Opens two connections in the scope (commands, and
  * the blocking wait for new tasks), checks them within the connect timeout and loads the scripts.
  */
@@ -197,7 +224,7 @@ export const makeBackend = (
     // a callback and a timer, not a race of two fibers: waiting is on the path of every task
     // that arrives to an idle worker.
     interface Generation {
-      readonly waiters: Set<() => void>
+      readonly waiters: Set<Sleeper>
     }
     const generation = (): Generation => ({ waiters: new Set() })
     let current = generation()
@@ -205,28 +232,19 @@ export const makeBackend = (
     const wakeAll = () => {
       const ended = current
       current = generation()
-      for (const wake of ended.waiters) wake()
+      for (const sleeper of ended.waiters) sleeper.wake()
     }
     /** Waits until `gen` ends or `millis` pass (real time: leases and delays run on Redis's clock anyway). */
     const waitFor = (gen: Generation, millis: number) =>
       gen !== current
         ? Effect.void // woken while it claimed: claim again at once
         : Effect.async<void>((resume) => {
-            const wake = () => {
-              clearTimeout(timer)
-              gen.waiters.delete(wake)
-              resume(Effect.void)
-            }
-            const timer = setTimeout(wake, Math.max(0, millis))
             if (gen.waiters.size === 0) {
               Deferred.unsafeDone(someoneWaits, Exit.void)
               someoneWaits = Deferred.unsafeMake<void>(FiberId.none)
             }
-            gen.waiters.add(wake)
-            return Effect.sync(() => {
-              clearTimeout(timer)
-              gen.waiters.delete(wake)
-            })
+            const sleeper = new Sleeper(gen.waiters, resume, millis)
+            return Effect.sync(() => sleeper.cancel())
           })
 
     let failures = 0
@@ -353,35 +371,48 @@ export const makeBackend = (
     ) =>
       Effect.withFiberRuntime<ReadonlyArray<ClaimedLease>, QueueError>((fiber) => {
         const clock = Context.get(fiber.currentDefaultServices, Clock.Clock)
-        const deadline = clock.unsafeCurrentTimeMillis() + Duration.toMillis(timeout)
-        const attempt = (first: boolean): Effect.Effect<ReadonlyArray<ClaimedLease>, QueueError> => {
-          const gen = current
-          const now = clock.unsafeCurrentTimeMillis()
-          if (
-            first &&
-            drained !== undefined &&
-            drained.gen === gen &&
-            now < drained.until &&
-            now < deadline
-          ) {
-            return Effect.flatMap(waitFor(gen, Math.min(deadline, drained.until) - now), () => attempt(false))
-          }
-          return Effect.flatMap(claimOnce(once(now), recorded, clock), (claimed) => {
-            drained =
-              claimed.waitMillis === -2
-                ? undefined
-                : { gen, until: claimed.waitMillis < 0 ? Number.POSITIVE_INFINITY : now + claimed.waitMillis }
-            if (claimed.leases.length > 0) return Effect.succeed(held(claimed.leases))
-            const remaining = deadline - clock.unsafeCurrentTimeMillis()
-            if (remaining <= 0) return Effect.succeed([])
-            return Effect.flatMap(
-              waitFor(gen, claimed.waitMillis < 0 ? remaining : Math.min(remaining, claimed.waitMillis)),
-              () => attempt(false)
-            )
-          })
-        }
-        return attempt(true)
+        return attempt(
+          once,
+          recorded,
+          clock,
+          clock.unsafeCurrentTimeMillis() + Duration.toMillis(timeout),
+          true
+        )
       })
+
+    /**
+     * One attempt of {@link claimWith}, by `deadline` (`first`: no wait before it yet). Defined
+     * once, not as a closure per claim: a closure bound to a name costs a `__name` call each
+     * time it is made under tsx's `keepNames`.
+     */
+    const attempt = (
+      once: (now: number) => Effect.Effect<Claimed, QueueError>,
+      recorded: boolean,
+      clock: Clock.Clock,
+      deadline: number,
+      first: boolean
+    ): Effect.Effect<ReadonlyArray<ClaimedLease>, QueueError> => {
+      const gen = current
+      const now = clock.unsafeCurrentTimeMillis()
+      if (first && drained !== undefined && drained.gen === gen && now < drained.until && now < deadline) {
+        return Effect.flatMap(waitFor(gen, Math.min(deadline, drained.until) - now), () =>
+          attempt(once, recorded, clock, deadline, false)
+        )
+      }
+      return Effect.flatMap(claimOnce(once(now), recorded, clock), (claimed) => {
+        drained =
+          claimed.waitMillis === -2
+            ? undefined
+            : { gen, until: claimed.waitMillis < 0 ? Number.POSITIVE_INFINITY : now + claimed.waitMillis }
+        if (claimed.leases.length > 0) return Effect.succeed(held(claimed.leases))
+        const remaining = deadline - clock.unsafeCurrentTimeMillis()
+        if (remaining <= 0) return Effect.succeed([])
+        return Effect.flatMap(
+          waitFor(gen, claimed.waitMillis < 0 ? remaining : Math.min(remaining, claimed.waitMillis)),
+          () => attempt(once, recorded, clock, deadline, false)
+        )
+      })
+    }
 
     const claim = (max: number, timeout: Duration.Duration) =>
       claimWith(() => claimBatch(max), timeout, false)

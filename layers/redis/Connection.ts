@@ -126,6 +126,33 @@ const retryStrategy = (times: number) =>
 
 const isNoScript = (error: unknown) => error instanceof Error && error.message.startsWith("NOSCRIPT")
 
+/** A call as the connection's watch list sees it: something to fail. */
+interface Failable {
+  fail(error: unknown): void
+}
+
+/**
+ * One call waiting on a connection, answered exactly once: by its reply, or by a failure (the
+ * connection dropped, the command timed out). Its place in `waiting` is its "not answered yet".
+ * A class rather than closures: this is on the path of every command, and a closure bound to a
+ * name costs a `__name` call each time it is made under tsx's `keepNames`.
+ */
+class Call<A> implements Failable {
+  constructor(
+    private readonly waiting: Map<Failable, number>,
+    private readonly ok: (value: A) => void,
+    private readonly ko: (error: unknown) => void
+  ) {}
+  /** Answers with the reply, unless it was answered already. */
+  reply(value: A): void {
+    if (this.waiting.delete(this)) this.ok(value)
+  }
+  /** Answers with the failure, unless it was answered already. */
+  fail(error: unknown): void {
+    if (this.waiting.delete(this)) this.ko(error)
+  }
+}
+
 /** Opens a connection in the scope, checked within the connect timeout; closed when the scope closes. */
 export const connect = (options: ConnectOptions): Effect.Effect<Connection, QueueError, Scope.Scope> =>
   Effect.gen(function* () {
@@ -137,17 +164,17 @@ export const connect = (options: ConnectOptions): Effect.Effect<Connection, Queu
     // ioredis, which would drop them; a sweep every `sweepMillis` fails those older than the
     // command timeout. One timer for the connection: ioredis's own `commandTimeout` sets and
     // clears a timer per command.
-    const waiting = new Map<(error: unknown) => void, number>()
+    const waiting = new Map<Failable, number>()
     const sweepMillis = Math.min(500, Math.max(10, Math.ceil(options.commandMillis / 10)))
     const overdueAfter = Math.ceil(options.commandMillis / sweepMillis)
     let sweeps = 0
     const sweep = () => {
       sweeps++
       // Oldest first: the first call still in time ends the sweep.
-      for (const [drop, since] of waiting) {
+      for (const [call, since] of waiting) {
         // Made during sweep `since`: at least (sweeps - since - 1) sweeps ago.
         if (sweeps - since - 1 < overdueAfter) break
-        drop(new Error(`no answer within ${options.commandMillis} ms`))
+        call.fail(new Error(`no answer within ${options.commandMillis} ms`))
       }
     }
     const redisOptions: RedisOptions = {
@@ -167,7 +194,8 @@ export const connect = (options: ConnectOptions): Effect.Effect<Connection, Queu
           lastError = error
         })
         client.on("close", () => {
-          for (const drop of waiting.keys()) drop(new Error("the connection to Redis closed before it replied"))
+          for (const call of waiting.keys())
+            call.fail(new Error("the connection to Redis closed before it replied"))
         })
         const sweeper = setInterval(sweep, sweepMillis)
         sweeper.unref()
@@ -216,27 +244,19 @@ export const connect = (options: ConnectOptions): Effect.Effect<Connection, Queu
      * effects: this is on the path of every command.
      */
     const send = <A>(call: () => Promise<A>, ok: (value: A) => void, ko: (error: unknown) => void): void => {
-      let open = true
-      const drop = (error: unknown) => {
-        if (!open) return
-        open = false
-        waiting.delete(drop)
-        ko(error)
-      }
-      waiting.set(drop, sweeps)
+      const waiter = new Call(waiting, ok, ko)
+      waiting.set(waiter, sweeps)
       let reply: Promise<A>
       try {
         reply = call()
       } catch (error) {
-        drop(error)
+        waiter.fail(error)
         return
       }
-      reply.then((value) => {
-        if (!open) return
-        open = false
-        waiting.delete(drop)
-        ok(value)
-      }, drop)
+      reply.then(
+        (value) => waiter.reply(value),
+        (error: unknown) => waiter.fail(error)
+      )
     }
     /** Runs a script by SHA, by source after a `SCRIPT FLUSH` (which caches it again). */
     const sendScript = (
@@ -278,20 +298,20 @@ export const connect = (options: ConnectOptions): Effect.Effect<Connection, Queu
         readonly resume: (effect: Effect.Effect<O, QueueError>) => void
       }
       let pending: Array<Waiter> = []
+      const failAll = (waiters: ReadonlyArray<Waiter>, inputs: ReadonlyArray<I>, cause: unknown) => {
+        options.done?.(inputs)
+        const error = Effect.fail(failure(options.script.name, cause))
+        for (const waiter of waiters) waiter.resume(error)
+      }
       const flush = (waiters: ReadonlyArray<Waiter>) => {
         const inputs = waiters.map((waiter) => waiter.input)
-        const fail = (cause: unknown) => {
-          options.done?.(inputs)
-          const error = Effect.fail(failure(options.script.name, cause))
-          for (const waiter of waiters) waiter.resume(error)
-        }
         let keys: ReadonlyArray<string>
         let args: ReadonlyArray<string | number>
         try {
           keys = options.keys(inputs)
           args = options.args(inputs)
         } catch (error) {
-          fail(error)
+          failAll(waiters, inputs, error)
           return
         }
         sendScript(
@@ -303,13 +323,13 @@ export const connect = (options: ConnectOptions): Effect.Effect<Connection, Queu
             try {
               outputs = options.outputs(reply, inputs)
             } catch (error) {
-              fail(error)
+              failAll(waiters, inputs, error)
               return
             }
             options.done?.(inputs)
             for (let i = 0; i < waiters.length; i++) waiters[i]!.resume(Effect.succeed(outputs[i] as O))
           },
-          fail
+          (error) => failAll(waiters, inputs, error)
         )
       }
       const flushAll = () => {
