@@ -56,4 +56,35 @@ describe("Lua helpers of the Redis scripts", () => {
     expect(byName.settle).toContain("finishRecord")
     expect(byName.ack).not.toContain("toDead")
   })
+
+  it("the queue's scripts name the keys they use and read the clock only where they use it", () => {
+    /** The keys a script names in its header, by the Lua variable they go by. */
+    const named = (lua: string) => [...lua.matchAll(/^local (\w+) = prefix \.\. '/gm)].map((m) => m[1])
+    const byName = Object.fromEntries(Scripts.all.map((s) => [s.name, s.lua]))
+    expect(named(byName.offer!)).toEqual(["pending", "dead", "task", "errors", "seq", "marker"])
+    expect(named(byName.deadLetters!)).toEqual(["dead", "task", "errors"])
+    expect(byName.offer).not.toContain("TIME")
+    expect(byName.deadLetters).not.toContain("TIME")
+    expect(byName.claim).toContain("redis.call('TIME')")
+    expect(byName.ack).toContain("redis.call('TIME')")
+    for (const { name, lua } of Scripts.all) {
+      // Every key variable the script's text uses is declared before it.
+      for (const variable of [
+        "pending",
+        "inflight",
+        "delayed",
+        "dead",
+        "task",
+        "errors",
+        "seq",
+        "tokens",
+        "marker",
+        "dueKey"
+      ]) {
+        const body = lua.slice(lua.indexOf("\n", lua.lastIndexOf("prefix .. '")))
+        if (new RegExp(`\\b${variable}\\b[,) ]`).test(body))
+          expect(named(lua), `${name} uses ${variable}`).toContain(variable)
+      }
+    }
+  })
 })

@@ -45,17 +45,42 @@ export const stateField = (id: string) => `s:${id}`
 /** The `{q}:task` field of a task's lease token, while it is in flight. */
 export const leaseField = (id: string) => `l:${id}`
 
-// Every script begins with its key names and the server's clock.
-const header = `
-local prefix = KEYS[1]
-local pending, inflight, delayed, dead = prefix .. 'pending', prefix .. 'inflight', prefix .. 'delayed', prefix .. 'dead'
-local task, errors, seq, tokens = prefix .. 'task', prefix .. 'error', prefix .. 'seq', prefix .. 'tokens'
-local marker, dueKey = prefix .. 'marker', prefix .. 'due'
-local time = redis.call('TIME')
-local nowMicros = tonumber(time[1]) * 1000000 + tonumber(time[2])
-local now = math.floor(nowMicros / 1000)
-local dueAt = nil
-`
+/** The Lua variable each key goes by in the scripts. */
+const keyVariables: Record<KeyName, string> = {
+  pending: "pending",
+  inflight: "inflight",
+  delayed: "delayed",
+  dead: "dead",
+  task: "task",
+  error: "errors",
+  seq: "seq",
+  tokens: "tokens",
+  marker: "marker",
+  due: "dueKey"
+}
+
+const mentions = (lua: string, name: string) => new RegExp(`\\b${name}\\b`).test(lua)
+
+/**
+ * What a script begins with: the keys it names (each built from the one key it gets, the prefix)
+ * and the server's clock (`now` in ms, `nowMicros`), where its text uses them. Only those: Redis
+ * runs a script's whole text on every call, and a push reads no clock.
+ */
+const header = (lua: string): string => {
+  const lines = ["local prefix = KEYS[1]"]
+  for (const name of keyNames) {
+    if (mentions(lua, keyVariables[name])) lines.push(`local ${keyVariables[name]} = prefix .. '${name}'`)
+  }
+  if (mentions(lua, "now") || mentions(lua, "nowMicros")) {
+    lines.push(
+      "local time = redis.call('TIME')",
+      "local nowMicros = tonumber(time[1]) * 1000000 + tonumber(time[2])",
+      "local now = math.floor(nowMicros / 1000)"
+    )
+  }
+  if (mentions(lua, "dueAt")) lines.push("local dueAt = nil")
+  return lines.join("\n")
+}
 
 // The functions the scripts share, each in the scripts that call it. \`maintain\` is the upkeep
 // that puts expired leases and due delays back in pending (with a fresh sequence: the back of
@@ -163,7 +188,10 @@ end`
   ...recordHelpers
 ]
 
-const script = (name: string, body: string): Script => named(name, `${header}\n${withHelpers(helpers, body)}`)
+const script = (name: string, body: string): Script => {
+  const lua = withHelpers(helpers, body)
+  return named(name, `${header(lua)}\n${lua}`)
+}
 
 /**
  * ARGV: `id, priority, body` per task. Returns 1 (accepted) or 0 (already pending, delayed or in
