@@ -150,42 +150,48 @@ export const makeBackend = (leaseDuration: Duration.DurationInput): QueueBackend
     tasks.delete(entry.id)
   }
 
-  const offer = (batch: ReadonlyArray<RawTask>) =>
-    Effect.sync(() => {
-      const accepted: Array<boolean> = []
-      let added = false
-      for (const task of batch) {
-        const existing = tasks.get(task.id)
-        if (existing !== undefined && existing.state !== "dead") {
-          accepted.push(false)
-          continue
-        }
-        if (existing !== undefined) {
-          dead.delete(task.id)
-          counts.dead--
-          existing.version++
-        }
-        const entry: Entry = {
-          id: task.id,
-          priority: task.priority,
-          body: task.body,
-          attempts: 0,
-          state: "pending",
-          version: 0,
-          token: "",
-          error: "",
-          deadAt: 0,
-          seq: 0
-        }
-        counts.pending++
-        tasks.set(task.id, entry)
-        entry.seq = pending.push(maxPriority - entry.priority, { entry, version: 0 })
-        accepted.push(true)
-        added = true
+  const offerNow = (batch: ReadonlyArray<RawTask>): Array<boolean> => {
+    const accepted: Array<boolean> = []
+    let added = false
+    for (const task of batch) {
+      const existing = tasks.get(task.id)
+      if (existing !== undefined && existing.state !== "dead") {
+        accepted.push(false)
+        continue
       }
-      if (added) wake()
-      return accepted
-    })
+      if (existing !== undefined) {
+        dead.delete(task.id)
+        counts.dead--
+        existing.version++
+      }
+      const entry: Entry = {
+        id: task.id,
+        priority: task.priority,
+        body: task.body,
+        attempts: 0,
+        state: "pending",
+        version: 0,
+        token: "",
+        error: "",
+        deadAt: 0,
+        seq: 0
+      }
+      counts.pending++
+      tasks.set(task.id, entry)
+      entry.seq = pending.push(maxPriority - entry.priority, { entry, version: 0 })
+      accepted.push(true)
+      added = true
+    }
+    if (added) wake()
+    return accepted
+  }
+
+  const ackNow = (id: string, token: string, now: number): LeaseLost | undefined => {
+    const entry = holder(id, token, now)
+    if (entry === undefined) return lost(id)
+    acked(entry)
+    return undefined
+  }
 
   const claimNow = (max: number, now: number): Array<RawLease> => {
     maintain(now)
@@ -242,9 +248,14 @@ export const makeBackend = (leaseDuration: Duration.DurationInput): QueueBackend
 
   return {
     kind: "memory",
-    offer,
+    immediate: { offer: offerNow, claim: claimNow, ack: ackNow },
+    offer: (batch) => Effect.sync(() => offerNow(batch)),
     claim,
-    ack: (id, token) => withLease(id, token, acked),
+    ack: (id, token) =>
+      withNow((now) => {
+        const failure = ackNow(id, token, now)
+        return failure === undefined ? Effect.void : Effect.fail(failure)
+      }),
     ackMany: (held) =>
       withNow((now) => {
         maintain(now)

@@ -93,6 +93,20 @@ export interface RawNack {
 }
 
 /**
+ * The operations a backend completes at once, in memory (the memory backend): `QueueManager` runs
+ * them in its own step of the fiber, without effects of their own, where it would otherwise run
+ * their effectful counterparts. Each answers as its counterpart would.
+ */
+export interface ImmediateOps {
+  /** `QueueBackend.offer`. */
+  readonly offer: (tasks: ReadonlyArray<RawTask>) => ReadonlyArray<boolean>
+  /** What `QueueBackend.claim` would hand out at `now` without waiting: maybe nothing. */
+  readonly claim: (max: number, now: number) => ReadonlyArray<RawLease>
+  /** `QueueBackend.ack` at `now`: `undefined` when acked, else why not. */
+  readonly ack: (id: string, token: string, now: number) => LeaseLost | undefined
+}
+
+/**
  * The raw operations of one queue on one backend.
  *
  * Semantics every backend holds: `offer` skips ids already pending, delayed or in flight (their
@@ -104,6 +118,8 @@ export interface RawNack {
 export interface QueueBackend {
   /** The backend's name, for logs and spans. */
   readonly kind: "memory" | "redis" | "rabbitmq"
+  /** Operations it completes at once, which `QueueManager` then runs without their effects; optional. */
+  readonly immediate?: ImmediateOps | undefined
   readonly offer: (tasks: ReadonlyArray<RawTask>) => Effect.Effect<ReadonlyArray<boolean>, QueueError>
   readonly claim: (
     max: number,

@@ -358,7 +358,14 @@ class LeasedDelivery implements Delivery {
 
   get ack(): Delivery["ack"] {
     const { backend, operation } = this.#settle
-    return operation("QueueManager.ack", this.#id, () => backend.ack(this.#id, this.token))
+    const immediate = backend.immediate
+    if (immediate === undefined) {
+      return operation("QueueManager.ack", this.#id, () => backend.ack(this.#id, this.token))
+    }
+    return operation("QueueManager.ack", this.#id, (fiber) => {
+      const failure = immediate.ack(this.#id, this.token, clockMillis(fiber))
+      return failure === undefined ? Effect.void : Effect.fail(failure)
+    })
   }
 
   get nack(): Delivery["nack"] {
@@ -440,7 +447,8 @@ export const make = (options: {
       if (Either.isLeft(encoded)) return Effect.fail(encoded.left)
       raw.push(encoded.right)
     }
-    return raw.length === 0 ? Effect.succeed([]) : backend.offer(raw)
+    if (raw.length === 0) return Effect.succeed([])
+    return backend.immediate === undefined ? backend.offer(raw) : Effect.succeed(backend.immediate.offer(raw))
   }
 
   /** How a claim takes leases and makes deliveries of them: plainly, or recording their starts. */
@@ -450,6 +458,8 @@ export const make = (options: {
       timeout: Duration.Duration,
       now: number
     ) => Effect.Effect<ReadonlyArray<L>, QueueError>
+    /** What `take` would get at `now` without waiting, where the backend can say at once (see `ImmediateOps`). */
+    readonly takeNow?: ((max: number, now: number) => ReadonlyArray<L>) | undefined
     readonly deliver: (lease: L, message: TaskMessage) => D
     /** Dead-letters a lease whose body is malformed (no backend should hold one): the claim carries on. */
     readonly reject: (lease: L, reason: string, now: number) => Effect.Effect<void, QueueError>
@@ -457,6 +467,7 @@ export const make = (options: {
 
   const plain: Claimer<RawLease, Delivery> = {
     take: (max, timeout) => backend.claim(max, timeout),
+    takeNow: backend.immediate?.claim,
     deliver: (lease, message) => new LeasedDelivery(message, lease, settle),
     reject: (lease, reason) =>
       backend
@@ -476,35 +487,52 @@ export const make = (options: {
     finish: (deliveries: Array<D>) => A
   ): Effect.Effect<A, QueueError> => {
     const remaining = Math.max(0, deadline - now)
-    return Effect.flatMap(
-      claimer.take(max, Duration.millis(remaining), now),
-      (leases): Effect.Effect<A, QueueError> => {
-        const out: Array<D> = []
-        const malformed: Array<Effect.Effect<void, QueueError>> = []
-        for (const lease of leases) {
-          const message = decodeLease(lease)
-          if (Either.isRight(message)) out.push(claimer.deliver(lease, message.right))
-          else {
-            malformed.push(
-              Effect.zipRight(
-                Effect.logWarning("dead-lettering a malformed message").pipe(
-                  Effect.annotateLogs({ taskId: lease.id, reason: message.left })
-                ),
-                claimer.reject(lease, message.left, now)
-              )
-            )
-          }
-        }
-        if (malformed.length === 0) return Effect.succeed(finish(out))
-        return Effect.zipRight(
-          Effect.all(malformed, { discard: true }),
-          out.length > 0 || remaining === 0
-            ? Effect.succeed(finish(out))
-            : Effect.withFiberRuntime<A, QueueError>((fiber) =>
-                claim(claimer, max, deadline, clockMillis(fiber), finish)
-              )
+    // Taken at once where the backend can say (and then waited for only when there was nothing).
+    const atOnce = claimer.takeNow?.(max, now)
+    return atOnce !== undefined && (atOnce.length > 0 || remaining === 0)
+      ? deliverAll(claimer, max, deadline, now, finish, atOnce)
+      : Effect.flatMap(claimer.take(max, Duration.millis(remaining), now), (leases) =>
+          deliverAll(claimer, max, deadline, now, finish, leases)
+        )
+  }
+
+  /**
+   * The deliveries of claimed leases, finished by `finish`: a malformed body is dead-lettered and
+   * the claim made again (by `deadline`) when it left nothing else.
+   */
+  const deliverAll = <L extends RawLease, D, A>(
+    claimer: Claimer<L, D>,
+    max: number,
+    deadline: number,
+    now: number,
+    finish: (deliveries: Array<D>) => A,
+    leases: ReadonlyArray<L>
+  ): Effect.Effect<A, QueueError> => {
+    const remaining = Math.max(0, deadline - now)
+    const out: Array<D> = []
+    const malformed: Array<Effect.Effect<void, QueueError>> = []
+    for (const lease of leases) {
+      const message = decodeLease(lease)
+      if (Either.isRight(message)) out.push(claimer.deliver(lease, message.right))
+      else {
+        malformed.push(
+          Effect.zipRight(
+            Effect.logWarning("dead-lettering a malformed message").pipe(
+              Effect.annotateLogs({ taskId: lease.id, reason: message.left })
+            ),
+            claimer.reject(lease, message.left, now)
+          )
         )
       }
+    }
+    if (malformed.length === 0) return Effect.succeed(finish(out))
+    return Effect.zipRight(
+      Effect.all(malformed, { discard: true }),
+      out.length > 0 || remaining === 0
+        ? Effect.succeed(finish(out))
+        : Effect.withFiberRuntime<A, QueueError>((fiber) =>
+            claim(claimer, max, deadline, clockMillis(fiber), finish)
+          )
     )
   }
 

@@ -26,6 +26,22 @@ conformance({
   cleanup: (queueName) => Effect.sync(() => backends.delete(queueName))
 })
 
+// The same semantics through the backend's effects alone, as a backend without immediate operations is run.
+conformance({
+  name: "memory, effects only",
+  layer: (queueName, { leaseDuration }) =>
+    Layer.sync(QM.QueueManager, () =>
+      QM.make({
+        queueName,
+        backend: { ...backendFor(queueName, leaseDuration), immediate: undefined },
+        leaseDuration
+      })
+    ),
+  plant: (queueName, id, priority, body) =>
+    backendFor(queueName, "30 seconds").offer([{ id, priority, body }]),
+  cleanup: (queueName) => Effect.sync(() => backends.delete(queueName))
+})
+
 describe("QueueManager spans", () => {
   /** A tracer that keeps every span it makes (the default tracer's spans, made by Effect's own). */
   const recording = Effect.map(Effect.tracer, (native) => {
