@@ -107,9 +107,8 @@ interface Claimed {
   readonly waitMillis: number
 }
 
-/** A lease as claimed: the pending score it came from and, when the claim recorded it, the start script's reply. */
+/** A lease as claimed and, when the claim recorded it, the start script's reply. */
 interface ClaimedLease extends RawLease {
-  readonly score: string
   readonly start: unknown
 }
 
@@ -187,18 +186,12 @@ export const makeBackend = (
 
     // Acks and single pushes made in the same event-loop turn (by concurrent workers or
     // producers) go to Redis as one script call (two from `Connection.splitAt` callers on).
-    /** The pending score each lease held here was claimed from, by token: where `release` puts it back. */
-    const positions = new Map<string, string>()
-    // Where each lease came from is forgotten once its ack has an answer (or failed).
     const ackBatch = commands.batched({
       script: Scripts.ack,
       max: maxBatch,
       keys: () => keyList,
       args: (leases: ReadonlyArray<readonly [string, string]>) => leases.flat(),
-      outputs: (reply) => reply as ReadonlyArray<number>,
-      done: (leases) => {
-        for (const [, token] of leases) positions.delete(token)
-      }
+      outputs: (reply) => reply as ReadonlyArray<number>
     })
     const offerBatch = commands.batched({
       script: Scripts.offer,
@@ -274,8 +267,8 @@ export const makeBackend = (
     )
 
     // --- operations ---------------------------------------------------------------------------
-    /** A claim script's reply: `stride` 6 when it recorded the starts (each lease then carries its `start` reply). */
-    const parseClaim = (reply: unknown, stride: 5 | 6): Claimed => {
+    /** A claim script's reply: `stride` 5 when it recorded the starts (each lease then carries its `start` reply). */
+    const parseClaim = (reply: unknown, stride: 4 | 5): Claimed => {
       const r = reply as ReadonlyArray<unknown>
       const leases: Array<ClaimedLease> = []
       for (let i = 1; i + stride - 1 < r.length; i += stride) {
@@ -284,8 +277,7 @@ export const makeBackend = (
           body: String(r[i + 1]),
           attempt: Number(r[i + 2]),
           token: String(r[i + 3]),
-          score: String(r[i + 4]),
-          start: stride === 6 ? r[i + 5] : undefined
+          start: stride === 5 ? r[i + 4] : undefined
         })
       }
       return { leases, waitMillis: Number(r[0]) }
@@ -301,12 +293,6 @@ export const makeBackend = (
       })
     }
 
-    const settled = <A, E>(token: string, self: Effect.Effect<A, E>) =>
-      Effect.ensuring(
-        self,
-        Effect.sync(() => positions.delete(token))
-      )
-
     const recordPrefix = Records.recordPrefix(queueName)
 
     /** Gives back the leases of an interrupted claim; `recorded`: the claim recorded their starts, stamped `now`. */
@@ -314,7 +300,7 @@ export const makeBackend = (
       evalScript(Scripts.release, [
         recorded ? recordPrefix : "",
         now,
-        ...leases.flatMap((l) => [l.id, l.token, l.score])
+        ...leases.flatMap((l) => [l.id, l.token])
       ]).pipe(
         Effect.catchAll((error) =>
           Effect.logWarning("could not give back interrupted claims; their leases will expire").pipe(
@@ -333,7 +319,7 @@ export const makeBackend = (
       max: maxBatch,
       keys: () => keyList,
       args: (maxes: ReadonlyArray<number>) => [maxes.reduce((sum, max) => sum + max, 0), leaseMillis],
-      outputs: (reply, maxes) => deal(parseClaim(reply, 5), maxes)
+      outputs: (reply, maxes) => deal(parseClaim(reply, 4), maxes)
     })
     const claimOnce = (claimed: Effect.Effect<Claimed, QueueError>, recorded: boolean, clock: Clock.Clock) =>
       Effect.uninterruptibleMask((restore) =>
@@ -344,12 +330,6 @@ export const makeBackend = (
           )
         })
       )
-
-    /** Leases handed to their caller: where each came from is kept for `release`. */
-    const held = (leases: Claimed["leases"]): ReadonlyArray<ClaimedLease> => {
-      for (const lease of leases) positions.set(lease.token, lease.score)
-      return leases
-    }
 
     /**
      * Left by the last claim that took fewer tasks than it asked for: nothing was pending then.
@@ -404,7 +384,7 @@ export const makeBackend = (
           claimed.waitMillis === -2
             ? undefined
             : { gen, until: claimed.waitMillis < 0 ? Number.POSITIVE_INFINITY : now + claimed.waitMillis }
-        if (claimed.leases.length > 0) return Effect.succeed(held(claimed.leases))
+        if (claimed.leases.length > 0) return Effect.succeed(claimed.leases)
         const remaining = deadline - clock.unsafeCurrentTimeMillis()
         if (remaining <= 0) return Effect.succeed([])
         return Effect.flatMap(
@@ -425,7 +405,7 @@ export const makeBackend = (
      */
     const recordingClaim = (max: number) => (now: number) =>
       Effect.map(evalScript(Scripts.claim, [max, leaseMillis, recordPrefix, now]), (reply) =>
-        parseClaim(reply, 6)
+        parseClaim(reply, 5)
       )
 
     /**
@@ -454,26 +434,21 @@ export const makeBackend = (
                 return Effect.succeed(started)
               }),
             settle: (endings, now) =>
-              Effect.ensuring(
-                Effect.map(
-                  evalScript(Scripts.settle, [
-                    recordPrefix,
-                    now,
-                    records.retentionMillis,
-                    ...endings.flatMap((ending) =>
-                      ending.status === "COMPLETED"
-                        ? [ending.id, ending.token, ending.status, ending.result]
-                        : [ending.id, ending.token, ending.status, ending.error]
-                    )
-                  ]),
-                  (reply) =>
-                    (reply as ReadonlyArray<number>).map((r) =>
-                      r === 1 ? "settled" : r === 0 ? "discarded" : "expired"
-                    )
-                ),
-                Effect.sync(() => {
-                  for (const { token } of endings) positions.delete(token)
-                })
+              Effect.map(
+                evalScript(Scripts.settle, [
+                  recordPrefix,
+                  now,
+                  records.retentionMillis,
+                  ...endings.flatMap((ending) =>
+                    ending.status === "COMPLETED"
+                      ? [ending.id, ending.token, ending.status, ending.result]
+                      : [ending.id, ending.token, ending.status, ending.error]
+                  )
+                ]),
+                (reply) =>
+                  (reply as ReadonlyArray<number>).map((r) =>
+                    r === 1 ? "settled" : r === 0 ? "discarded" : "expired"
+                  )
               )
           }
 
@@ -515,30 +490,18 @@ export const makeBackend = (
       ack: (id, token) =>
         Effect.flatMap(ackBatch([id, token]), (acked) => (acked === 1 ? Effect.void : Effect.fail(lost(id)))),
       ackMany: (leases) =>
-        Effect.ensuring(
-          Effect.map(
-            evalScript(
-              Scripts.ack,
-              leases.flatMap(({ id, token }) => [id, token])
-            ),
-            (reply) => (reply as ReadonlyArray<number>).map((held) => held === 1)
+        Effect.map(
+          evalScript(
+            Scripts.ack,
+            leases.flatMap(({ id, token }) => [id, token])
           ),
-          Effect.sync(() => {
-            for (const { token } of leases) positions.delete(token)
-          })
+          (reply) => (reply as ReadonlyArray<number>).map((held) => held === 1)
         ),
-      nack: (id, token, options) => settled(token, nack(id, token, options)),
+      nack,
       release: (id, token) =>
-        Effect.suspend(() => {
-          const score = positions.get(token)
-          if (score === undefined) return Effect.fail(lost(id))
-          return settled(
-            token,
-            Effect.flatMap(evalScript(Scripts.release, ["", 0, id, token, score]), (undone) =>
-              undone === 1 ? Effect.void : Effect.fail(lost(id))
-            )
-          )
-        }),
+        Effect.flatMap(evalScript(Scripts.release, ["", 0, id, token]), (undone) =>
+          undone === 1 ? Effect.void : Effect.fail(lost(id))
+        ),
       extend: (id, token, millis) =>
         withLease(Scripts.extend, id, [id, token, Math.max(0, Math.ceil(millis))]),
       stats: Effect.map(evalScript(Scripts.stats, []), (reply) => {

@@ -482,6 +482,50 @@ await describeWithServer("Redis", redisUrl, "RedisQueue", () => {
         )
     )
 
+    it.live("a lease keeps its place in Redis, not in the process; no field of it outlives the lease", () =>
+      onQueue((queueName) =>
+        Effect.gen(function* () {
+          const queue = yield* instance(queueName, "300 millis")
+          const key = RedisQueue.keys(queueName)
+          const fields = withClient((client) => client.hkeys(key.task)).pipe(Effect.map((f) => f.sort()))
+          yield* queue.pushBatch(["first", "second", "third"].map((taskId) => ({ taskId, data: meeting(1) })))
+          const first = yield* queue.pull().pipe(Effect.flatten)
+          expect(yield* fields).toContain(Scripts.positionField("first"))
+          yield* first.release
+          // Back at its place, ahead of the others.
+          const again = yield* queue.pull().pipe(Effect.flatten)
+          expect(again.message.taskId).toBe("first")
+          yield* again.ack
+          const second = yield* queue.pull().pipe(Effect.flatten)
+          yield* second.nack({ requeue: false, error: "no" })
+          const third = yield* queue.pull().pipe(Effect.flatten)
+          yield* Effect.sleep("400 millis")
+          expect((yield* queue.stats).pending).toBe(1) // the lease expired: reaped
+          // Only the dead letter's body and state are left.
+          expect(yield* fields).toEqual(
+            [
+              Scripts.bodyField("second"),
+              Scripts.bodyField("third"),
+              Scripts.stateField("second"),
+              Scripts.stateField("third")
+            ].sort()
+          )
+          expect(Either.isLeft(yield* Effect.either(third.release))).toBe(true)
+          // A lease of the layout before this field: released to the back of its priority.
+          yield* queue.push("fourth", meeting(1))
+          const third2 = yield* queue.pull().pipe(Effect.flatten)
+          expect(third2.message.taskId).toBe("third")
+          yield* withClient((client) => client.hdel(key.task, Scripts.positionField("third")))
+          yield* third2.release
+          const next = yield* queue.pull().pipe(Effect.flatten)
+          expect(next.message.taskId).toBe("fourth")
+          const last = yield* queue.pull().pipe(Effect.flatten)
+          expect([last.message.taskId, last.message.attempt]).toEqual(["third", 2])
+          yield* Effect.all([next.ack, last.ack])
+        })
+      )
+    )
+
     it.live("a lost {q}:due key only makes the next script look: an expired lease still comes back", () =>
       onQueue((queueName) =>
         Effect.gen(function* () {

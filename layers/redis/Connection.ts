@@ -79,8 +79,6 @@ export interface Batched<I, O> {
   readonly args: (inputs: ReadonlyArray<I>) => ReadonlyArray<string | number>
   /** One output per input, in order, from the script's reply. */
   readonly outputs: (reply: unknown, inputs: ReadonlyArray<I>) => ReadonlyArray<O>
-  /** Runs once the call has its reply or has failed, before its callers resume. */
-  readonly done?: ((inputs: ReadonlyArray<I>) => void) | undefined
 }
 
 /** The message of an unknown failure. */
@@ -298,8 +296,7 @@ export const connect = (options: ConnectOptions): Effect.Effect<Connection, Queu
         readonly resume: (effect: Effect.Effect<O, QueueError>) => void
       }
       let pending: Array<Waiter> = []
-      const failAll = (waiters: ReadonlyArray<Waiter>, inputs: ReadonlyArray<I>, cause: unknown) => {
-        options.done?.(inputs)
+      const failAll = (waiters: ReadonlyArray<Waiter>, cause: unknown) => {
         const error = Effect.fail(failure(options.script.name, cause))
         for (const waiter of waiters) waiter.resume(error)
       }
@@ -311,7 +308,7 @@ export const connect = (options: ConnectOptions): Effect.Effect<Connection, Queu
           keys = options.keys(inputs)
           args = options.args(inputs)
         } catch (error) {
-          failAll(waiters, inputs, error)
+          failAll(waiters, error)
           return
         }
         sendScript(
@@ -323,13 +320,12 @@ export const connect = (options: ConnectOptions): Effect.Effect<Connection, Queu
             try {
               outputs = options.outputs(reply, inputs)
             } catch (error) {
-              failAll(waiters, inputs, error)
+              failAll(waiters, error)
               return
             }
-            options.done?.(inputs)
             for (let i = 0; i < waiters.length; i++) waiters[i]!.resume(Effect.succeed(outputs[i] as O))
           },
-          (error) => failAll(waiters, inputs, error)
+          (error) => failAll(waiters, error)
         )
       }
       const flushAll = () => {

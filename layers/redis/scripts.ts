@@ -45,6 +45,12 @@ export const stateField = (id: string) => `s:${id}`
 /** The `{q}:task` field of a task's lease token, while it is in flight. */
 export const leaseField = (id: string) => `l:${id}`
 
+/**
+ * The `{q}:task` field of the pending score a task in flight was claimed from, where a release
+ * puts it back; written and removed with its lease token.
+ */
+export const positionField = (id: string) => `p:${id}`
+
 /** The Lua variable each key goes by in the scripts. */
 const keyVariables: Record<KeyName, string> = {
   pending: "pending",
@@ -126,7 +132,7 @@ end`
   local expired = redis.call('ZRANGEBYSCORE', inflight, '-inf', now)
   for i = 1, #expired do
     redis.call('ZREM', inflight, expired[i])
-    redis.call('HDEL', task, 'l:' .. expired[i])
+    redis.call('HDEL', task, 'l:' .. expired[i], 'p:' .. expired[i])
     toPending(expired[i])
     moved = true
   end
@@ -158,7 +164,7 @@ end`
     name: "unlease",
     lua: `local function unlease(id)
   redis.call('ZREM', inflight, id)
-  redis.call('HDEL', task, 'l:' .. id)
+  redis.call('HDEL', task, 'l:' .. id, 'p:' .. id)
 end`
   },
   {
@@ -180,6 +186,7 @@ local function removeAcked()
     fields[#fields + 1] = 'b:' .. id
     fields[#fields + 1] = 's:' .. id
     fields[#fields + 1] = 'l:' .. id
+    fields[#fields + 1] = 'p:' .. id
   end
   redis.call('ZREM', inflight, unpack(acked))
   redis.call('HDEL', task, unpack(fields))
@@ -243,7 +250,8 @@ return out
 
 /**
  * ARGV: `max, leaseMillis[, recordPrefix, now]`. Reaps, promotes, then leases up to `max` pending
- * tasks. Returns `{ waitMillis, id, body, attempt, token, score[, start], ... }`. `waitMillis`,
+ * tasks, each keeping the pending score it came from ({@link positionField}). Returns
+ * `{ waitMillis, id, body, attempt, token[, start], ... }`. `waitMillis`,
  * when the claim took fewer than `max` (nothing is pending now): how long until the next lease
  * deadline or delay may be due (-1: none); -2 when it took `max` (more may be pending). With a
  * record prefix, each lease's start is recorded in the task record `<recordPrefix><id>` (stamped
@@ -276,11 +284,12 @@ for k = 1, n do
   fields[#fields + 1] = state
   fields[#fields + 1] = 'l:' .. id
   fields[#fields + 1] = token
+  fields[#fields + 1] = 'p:' .. id
+  fields[#fields + 1] = popped[2 * k]
   out[#out + 1] = id
   out[#out + 1] = got[1] or ''
   out[#out + 1] = math.floor(state / 16)
   out[#out + 1] = token
-  out[#out + 1] = popped[2 * k]
   if recordPrefix then
     out[#out + 1] = startRecord(recordPrefix .. id, token, math.floor(state / 16), state % 16, ARGV[4])
   end
@@ -301,8 +310,9 @@ return out
 )
 
 /**
- * ARGV: `recordPrefix, now`, then `id, token, score` per lease. Undoes claims whose caller never
- * saw them (interrupted) or never ran (released by a worker): back to pending at the same place,
+ * ARGV: `recordPrefix, now`, then `id, token` per lease. Undoes claims whose caller never saw
+ * them (interrupted) or never ran (released by a worker): back to pending at the place it was
+ * claimed from (at the back of its priority for a lease of an older layout that kept no place),
  * the attempt not counted. With a record prefix (else `''`: a plain claim), each task's record
  * too, as the claim recorded its start: back to PENDING (`releaseRecord`). Returns how many it undid.
  */
@@ -311,12 +321,13 @@ export const release = script(
   `
 local recordPrefix, recordNow = ARGV[1], ARGV[2]
 local undone = 0
-for i = 3, #ARGV, 3 do
+for i = 3, #ARGV, 2 do
   local id = ARGV[i]
   if holds(id, ARGV[i + 1]) then
+    local score = redis.call('HGET', task, 'p:' .. id)
     unlease(id)
     redis.call('HINCRBY', task, 's:' .. id, -16)
-    redis.call('ZADD', pending, ARGV[i + 2], id)
+    if score then redis.call('ZADD', pending, score, id) else toPending(id) end
     if recordPrefix ~= '' then releaseRecord(recordPrefix .. id, ARGV[i + 1], recordNow) end
     undone = undone + 1
   end
